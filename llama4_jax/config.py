@@ -1,0 +1,209 @@
+"""Frozen, typed model configuration.
+
+The ml-collections ConfigDict in `configs/` is converted once, by `from_config_dict`, into a `ModelConfig`; the model
+code only ever sees the dataclass. Field names follow Hugging Face's `Llama4TextConfig` where one exists so that
+checkpoint conversion stays one-to-one. Every impossible combination is rejected here, naming the field, before any
+array is allocated or any function compiled.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Mapping
+
+DTYPES = ("float32", "bfloat16", "float16")
+REMAT_POLICIES = ("none", "full", "dots", "dots_with_no_batch_dims")
+MOE_IMPLS = ("sort", "dense")
+ROPE_TYPES = ("default", "llama3")
+
+
+class ConfigError(ValueError):
+  """A configuration value is missing, misspelled or inconsistent; the message names the field."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RopeScaling:
+  """llama3-style frequency scaling (Llama 3.1 / Llama 4 Scout); `rope_type='default'` means none."""
+
+  rope_type: str = "llama3"
+  factor: float = 16.0
+  low_freq_factor: float = 1.0
+  high_freq_factor: float = 1.0
+  original_max_position_embeddings: int = 8192
+
+
+@dataclasses.dataclass(frozen=True)
+class VisionConfig:
+  """Llama 4 vision tower + projector shapes (HF `Llama4VisionConfig` names). Used for parameter counts here."""
+
+  hidden_size: int = 1408
+  num_hidden_layers: int = 34
+  num_attention_heads: int = 16
+  intermediate_size: int = 5632
+  image_size: int = 336
+  patch_size: int = 14
+  num_channels: int = 3
+  pixel_shuffle_ratio: float = 0.5
+  projector_input_dim: int = 4096
+  projector_output_dim: int = 4096
+  vision_output_dim: int = 4096
+  rope_theta: float = 10000.0
+  norm_eps: float = 1e-5
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """Llama 4 text decoder (plus optional vision tower shapes). See `validate` for the rules."""
+
+  vocab_size: int = 202048
+  hidden_size: int = 5120
+  num_hidden_layers: int = 48
+  num_attention_heads: int = 40
+  num_key_value_heads: int = 8
+  head_dim: int = 128
+  intermediate_size: int = 8192  # routed and shared expert width
+  intermediate_size_mlp: int = 16384  # dense SwiGLU width
+  num_local_experts: int = 16
+  num_experts_per_tok: int = 1
+  interleave_moe_layer_step: int = 1
+  no_rope_layer_interval: int = 4
+  attention_chunk_size: int | None = 8192
+  use_qk_norm: bool = True
+  attn_temperature_tuning: bool = True
+  floor_scale: float = 8192
+  attn_scale: float = 0.1
+  rope_theta: float = 500000.0
+  rope_scaling: RopeScaling | None = None
+  rms_norm_eps: float = 1e-5
+  max_position_embeddings: int = 262144
+  initializer_range: float = 0.02
+  bos_token_id: int | None = 200000
+  eos_token_id: int | None = 200001
+  pad_token_id: int | None = 200018
+  # Not in Hugging Face's config: how the JAX model computes.
+  dtype: str = "float32"  # activation / matmul dtype
+  param_dtype: str = "float32"  # storage dtype of the parameters
+  remat_policy: str = "none"
+  scan_layers: bool = True
+  moe_impl: str = "sort"
+  vision: VisionConfig | None = None
+
+  def __post_init__(self):
+    validate(self)
+
+  # ---- derived layer pattern -------------------------------------------------------------------------------------
+  def is_moe_layer(self, i: int) -> bool:
+    return (i + 1) % self.interleave_moe_layer_step == 0
+
+  def is_rope_layer(self, i: int) -> bool:
+    return (i + 1) % self.no_rope_layer_interval != 0
+
+  @property
+  def block_size(self) -> int:
+    """Length of the repeating super-block of layer kinds; depth is a scan over `num_blocks` of them."""
+    return math.lcm(self.no_rope_layer_interval, self.interleave_moe_layer_step)
+
+  @property
+  def num_blocks(self) -> int:
+    return self.num_hidden_layers // self.block_size
+
+  @property
+  def num_query_groups(self) -> int:
+    return self.num_attention_heads // self.num_key_value_heads
+
+  def replace(self, **changes: Any) -> "ModelConfig":
+    return dataclasses.replace(self, **changes)
+
+
+def _positive(cfg, *names):
+  for name in names:
+    value = getattr(cfg, name)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+      raise ConfigError(f"model.{name} must be a positive number, got {value!r}")
+
+
+def validate(cfg: ModelConfig) -> None:
+  """Raises ConfigError naming the first offending field."""
+  _positive(cfg, "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+            "head_dim", "intermediate_size", "intermediate_size_mlp", "num_local_experts", "num_experts_per_tok",
+            "interleave_moe_layer_step", "no_rope_layer_interval", "floor_scale", "rope_theta", "rms_norm_eps",
+            "max_position_embeddings")
+  for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+               "head_dim", "intermediate_size", "intermediate_size_mlp", "num_local_experts", "num_experts_per_tok",
+               "interleave_moe_layer_step", "no_rope_layer_interval"):
+    if not isinstance(getattr(cfg, name), int) or isinstance(getattr(cfg, name), bool):
+      raise ConfigError(f"model.{name} must be an integer, got {getattr(cfg, name)!r}")
+  if cfg.num_attention_heads % cfg.num_key_value_heads:
+    raise ConfigError(f"model.num_attention_heads={cfg.num_attention_heads} is not divisible by "
+                      f"model.num_key_value_heads={cfg.num_key_value_heads}")
+  if cfg.head_dim % 2:
+    raise ConfigError(f"model.head_dim={cfg.head_dim} must be even for rotary embeddings")
+  if cfg.num_experts_per_tok > cfg.num_local_experts:
+    raise ConfigError(f"model.num_experts_per_tok={cfg.num_experts_per_tok} exceeds "
+                      f"model.num_local_experts={cfg.num_local_experts}")
+  if cfg.num_hidden_layers % cfg.block_size:
+    raise ConfigError(
+        f"model.num_hidden_layers={cfg.num_hidden_layers} is not a multiple of the layer pattern length "
+        f"lcm(no_rope_layer_interval={cfg.no_rope_layer_interval}, "
+        f"interleave_moe_layer_step={cfg.interleave_moe_layer_step})={cfg.block_size}")
+  if cfg.attention_chunk_size is not None and (
+      not isinstance(cfg.attention_chunk_size, int) or cfg.attention_chunk_size <= 0):
+    raise ConfigError(f"model.attention_chunk_size must be a positive integer or None, got {cfg.attention_chunk_size!r}")
+  if cfg.attn_scale < 0:
+    raise ConfigError(f"model.attn_scale must be >= 0, got {cfg.attn_scale!r}")
+  for name, allowed in (("dtype", DTYPES), ("param_dtype", DTYPES), ("remat_policy", REMAT_POLICIES),
+                        ("moe_impl", MOE_IMPLS)):
+    if getattr(cfg, name) not in allowed:
+      raise ConfigError(f"model.{name}={getattr(cfg, name)!r} is not one of {allowed}")
+  rs = cfg.rope_scaling
+  if rs is not None:
+    if rs.rope_type not in ROPE_TYPES:
+      raise ConfigError(f"model.rope_scaling.rope_type={rs.rope_type!r} is not one of {ROPE_TYPES}")
+    if rs.rope_type == "llama3":
+      if rs.factor < 1:
+        raise ConfigError(f"model.rope_scaling.factor={rs.factor} must be >= 1")
+      if rs.low_freq_factor <= 0 or rs.high_freq_factor < rs.low_freq_factor:
+        raise ConfigError(f"model.rope_scaling.high_freq_factor={rs.high_freq_factor} must be >= "
+                          f"low_freq_factor={rs.low_freq_factor} > 0")
+      if rs.original_max_position_embeddings <= 0:
+        raise ConfigError("model.rope_scaling.original_max_position_embeddings must be positive")
+  if cfg.vision is not None and cfg.vision.hidden_size % cfg.vision.num_attention_heads:
+    raise ConfigError(f"model.vision.hidden_size={cfg.vision.hidden_size} is not divisible by "
+                      f"model.vision.num_attention_heads={cfg.vision.num_attention_heads}")
+
+
+def _build(cls, values: Mapping[str, Any], prefix: str):
+  known = {f.name: f for f in dataclasses.fields(cls)}
+  unknown = sorted(set(values) - set(known))
+  if unknown:
+    raise ConfigError(f"unknown key(s) {', '.join(prefix + k for k in unknown)}; known keys: {sorted(known)}")
+  return {k: v for k, v in values.items()}
+
+
+def from_config_dict(cd: Any) -> ModelConfig:
+  """ConfigDict (or plain mapping) for `config.model` -> validated frozen ModelConfig.
+
+  `rope_scaling` may be None, a mapping with `rope_type='default'` (no scaling) or a llama3 mapping; `vision` may be
+  None or a mapping with `enabled=False`.
+  """
+  values = dict(cd.to_dict() if hasattr(cd, "to_dict") else cd)
+  rope = values.pop("rope_scaling", None)
+  vision = values.pop("vision", None)
+  kwargs = _build(ModelConfig, values, "model.")
+  if rope is not None:
+    rope = dict(rope)
+    if rope.get("rope_type", "llama3") == "default":
+      rope = None
+    else:
+      rope = RopeScaling(**_build(RopeScaling, rope, "model.rope_scaling."))
+  if vision is not None:
+    vision = dict(vision)
+    enabled = vision.pop("enabled", True)
+    vision = VisionConfig(**_build(VisionConfig, vision, "model.vision.")) if enabled else None
+  return ModelConfig(**kwargs, rope_scaling=rope, vision=vision)
+
+
+def to_dict(cfg: ModelConfig) -> dict[str, Any]:
+  """Plain nested dict (JSON-safe) of a ModelConfig; inverse of `from_config_dict`."""
+  return dataclasses.asdict(cfg)

@@ -1,0 +1,229 @@
+"""`load_hf` / `save_hf`: Hugging Face Llama4ForCausalLM safetensors directories <-> (ModelConfig, params).
+
+Layouts: HF linear weights are [out, in]; ours are input-major and split per head ([D, H, K] for q). HF's fused
+expert tensors are already input-major: `gate_up_proj` [E, D, 2F] (gate first) and `down_proj` [E, F, D]. Our
+scanned layers are stacked: global layer i lives at blocks/layer_{i % block_size}[i // block_size].
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from typing import Callable
+
+import jax
+import ml_dtypes
+import numpy as np
+
+from llama4_jax.config import ModelConfig
+from llama4_jax.convert import safetensors_io as st
+from llama4_jax.convert.hf_config import config_from_hf, config_to_hf
+from llama4_jax.convert.safetensors_io import CheckpointError
+
+# One entry per tensor kind: (HF suffix, our path inside a layer, HF -> ours, ours -> HF). `cfg` gives head counts.
+Transform = Callable[[np.ndarray, ModelConfig], np.ndarray]
+
+
+def _heads_in(n_heads: str) -> Transform:
+  return lambda w, c: w.T.reshape(c.hidden_size, getattr(c, n_heads), c.head_dim)
+
+
+def _heads_out(w, c):
+  return w.reshape(c.hidden_size, -1).T
+
+
+_T = lambda w, c: w.T  # noqa: E731
+_ID = lambda w, c: w  # noqa: E731
+
+_ATTN = [
+    ("self_attn.q_proj.weight", ("attn", "q"), _heads_in("num_attention_heads"), _heads_out),
+    ("self_attn.k_proj.weight", ("attn", "k"), _heads_in("num_key_value_heads"), _heads_out),
+    ("self_attn.v_proj.weight", ("attn", "v"), _heads_in("num_key_value_heads"), _heads_out),
+    ("self_attn.o_proj.weight", ("attn", "o"),
+     lambda w, c: w.T.reshape(c.num_attention_heads, c.head_dim, c.hidden_size),
+     lambda w, c: w.reshape(-1, c.hidden_size).T),
+    ("input_layernorm.weight", ("attn_norm", "scale"), _ID, _ID),
+    ("post_attention_layernorm.weight", ("ffn_norm", "scale"), _ID, _ID),
+]
+_DENSE = [(f"feed_forward.{n}_proj.weight", ("mlp", n), _T, _T) for n in ("gate", "up", "down")]
+_MOE = [
+    ("feed_forward.router.weight", ("moe", "router"), _T, _T),
+    ("feed_forward.experts.down_proj", ("moe", "down"), _ID, _ID),
+] + [(f"feed_forward.shared_expert.{n}_proj.weight", ("moe", "shared", n), _T, _T) for n in ("gate", "up", "down")]
+_GATE_UP = "feed_forward.experts.gate_up_proj"  # split into ("moe","gate") and ("moe","up")
+
+
+def _layer_entries(cfg: ModelConfig, j: int):
+  return _ATTN + (_MOE if cfg.is_moe_layer(j) else _DENSE)
+
+
+def _expected_keys(cfg: ModelConfig) -> set[str]:
+  keys = {"model.embed_tokens.weight", "model.norm.weight", "lm_head.weight"}
+  for i in range(cfg.num_hidden_layers):
+    keys |= {f"model.layers.{i}.{suffix}" for suffix, *_ in _layer_entries(cfg, i % cfg.block_size)}
+    if cfg.is_moe_layer(i):
+      keys.add(f"model.layers.{i}.{_GATE_UP}")
+  return keys
+
+
+class _TensorIndex:
+  """Key -> (file, lazily memory-mapped array) over a single or sharded safetensors checkpoint."""
+
+  def __init__(self, path: str):
+    single, index = os.path.join(path, "model.safetensors"), os.path.join(path, "model.safetensors.index.json")
+    if os.path.exists(index):
+      try:
+        with open(index) as f:
+          weight_map = json.load(f)["weight_map"]
+      except (OSError, ValueError, KeyError) as e:
+        raise CheckpointError(f"{index}: unreadable index ({e})") from e
+      self.files = {k: os.path.join(path, v) for k, v in weight_map.items()}
+    elif os.path.exists(single):
+      self.files = {k: single for k in st.read_header(single)[0]}
+    else:
+      raise CheckpointError(f"{path}: neither model.safetensors nor model.safetensors.index.json found")
+    for file in set(self.files.values()):
+      if not os.path.exists(file):
+        raise CheckpointError(f"{file}: listed in the index but missing")
+    self._open: dict[str, dict[str, np.ndarray]] = {}
+
+  def get(self, key: str) -> np.ndarray:
+    file = self.files[key]
+    if file not in self._open:
+      self._open[file] = st.load_file(file)
+    tensors = self._open[file]
+    if key not in tensors:
+      raise CheckpointError(f"{file}: tensor '{key}' listed in the index is not in the file")
+    return tensors[key]
+
+
+def _check_shape(arr, shape, key, file):
+  if tuple(arr.shape) != tuple(shape):
+    raise CheckpointError(f"{file}: tensor '{key}' has shape {tuple(arr.shape)}, expected {tuple(shape)}")
+
+
+def load_hf(path: str, param_dtype: str = "float32", **config_overrides) -> tuple[ModelConfig, dict]:
+  """Reads a local HF Llama 4 text checkpoint directory -> (ModelConfig, params pytree of numpy arrays)."""
+  from llama4_jax.model import param_shapes
+
+  cfg_path = os.path.join(path, "config.json")
+  try:
+    with open(cfg_path) as f:
+      hf_cfg = json.load(f)
+  except (OSError, ValueError) as e:
+    raise CheckpointError(f"{cfg_path}: cannot read config ({e})") from e
+  cfg = config_from_hf(hf_cfg, param_dtype=param_dtype, **config_overrides)
+  index = _TensorIndex(path)
+  expected = _expected_keys(cfg)
+  tied = bool(hf_cfg.get("tie_word_embeddings")) and "lm_head.weight" not in index.files
+  missing = sorted(expected - set(index.files) - ({"lm_head.weight"} if tied else set()))
+  if missing:
+    raise CheckpointError(f"{path}: missing tensor(s) {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+  extra = sorted(set(index.files) - expected)
+  if extra:
+    raise CheckpointError(f"{index.files[extra[0]]}: unexpected tensor(s) {extra[:5]} for this config")
+
+  shapes = param_shapes(cfg)
+  dtype = np.dtype(ml_dtypes.bfloat16) if param_dtype == "bfloat16" else np.dtype(param_dtype)
+  params = jax.tree_util.tree_map(lambda s: np.zeros(s.shape, dtype), shapes)
+
+  def put(target, value, key):
+    _check_shape(value, target.shape, key, index.files.get(key, path))
+    target[...] = value.astype(dtype)
+
+  put(params["embed"], index.get("model.embed_tokens.weight"), "model.embed_tokens.weight")
+  put(params["final_norm"]["scale"], index.get("model.norm.weight"), "model.norm.weight")
+  head = index.get("model.embed_tokens.weight" if tied else "lm_head.weight")
+  _check_shape(head, (cfg.vocab_size, cfg.hidden_size), "lm_head.weight", index.files.get("lm_head.weight", path))
+  put(params["lm_head"], head.T, "lm_head.weight")
+  for i in range(cfg.num_hidden_layers):
+    b, j = divmod(i, cfg.block_size)
+    layer = params["blocks"][f"layer_{j}"]
+    for suffix, ours, to_ours, to_hf in _layer_entries(cfg, j):
+      key = f"model.layers.{i}.{suffix}"
+      target = _leaf(layer, ours)
+      raw = index.get(key)
+      _check_shape(raw, _hf_shape(to_hf, target.shape[1:], cfg), key, index.files[key])
+      put(target[b], to_ours(raw, cfg), key)
+    if cfg.is_moe_layer(i):
+      key = f"model.layers.{i}.{_GATE_UP}"
+      gate_up = index.get(key)
+      f = cfg.intermediate_size
+      _check_shape(gate_up, (cfg.num_local_experts, cfg.hidden_size, 2 * f), key, index.files[key])
+      put(layer["moe"]["gate"][b], gate_up[..., :f], key)
+      put(layer["moe"]["up"][b], gate_up[..., f:], key)
+  return cfg, params
+
+
+def _hf_shape(to_hf, our_shape, cfg) -> tuple[int, ...]:
+  """HF shape of a tensor whose layout here is `our_shape`, via a zero-stride view (nothing allocated)."""
+  probe = np.lib.stride_tricks.as_strided(np.zeros(1, np.float32), our_shape, (0,) * len(our_shape))
+  return tuple(to_hf(probe, cfg).shape)
+
+
+def _leaf(tree, path):
+  for p in path:
+    tree = tree[p]
+  return tree
+
+
+def hf_state_dict(cfg: ModelConfig, params, dtype=np.float32) -> dict[str, np.ndarray]:
+  """Our params -> HF Llama4ForCausalLM tensor dict (numpy, `dtype`)."""
+  params = jax.tree_util.tree_map(lambda x: np.asarray(x, np.float32), params)
+  out = {"model.embed_tokens.weight": params["embed"], "model.norm.weight": params["final_norm"]["scale"],
+         "lm_head.weight": params["lm_head"].T}
+  for i in range(cfg.num_hidden_layers):
+    b, j = divmod(i, cfg.block_size)
+    layer = params["blocks"][f"layer_{j}"]
+    for suffix, ours, _, to_hf in _layer_entries(cfg, j):
+      out[f"model.layers.{i}.{suffix}"] = to_hf(_leaf(layer, ours)[b], cfg)
+    if cfg.is_moe_layer(i):
+      out[f"model.layers.{i}.{_GATE_UP}"] = np.concatenate([layer["moe"]["gate"][b], layer["moe"]["up"][b]], -1)
+  return {k: np.ascontiguousarray(v).astype(dtype) for k, v in out.items()}
+
+
+def save_hf(cfg: ModelConfig, params, path: str, dtype: str = "float32", max_shard_bytes: int = 5 * 2**30,
+            overwrite: bool = False) -> str:
+  """Writes a directory that transformers' `Llama4ForCausalLM.from_pretrained` loads to the same logits.
+
+  Everything is written into a temporary sibling directory that is renamed into place at the end, so `path` never
+  holds a half-written checkpoint.
+  """
+  path = os.path.abspath(path)
+  if os.path.exists(path) and not overwrite:
+    raise FileExistsError(f"{path} already exists; pass overwrite=True to replace it")
+  np_dtype = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16, "float16": np.float16}.get(dtype)
+  if np_dtype is None:
+    raise ValueError(f"dtype={dtype!r} is not one of float32, bfloat16, float16")
+  parent = os.path.dirname(path)
+  os.makedirs(parent, exist_ok=True)
+  tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.tmp-", dir=parent)
+  try:
+    tensors = hf_state_dict(cfg, params, np_dtype)
+    shards = st.shard(((k, tensors[k].nbytes) for k in sorted(tensors)), max_shard_bytes)
+    if len(shards) == 1:
+      st.save_file(tensors, os.path.join(tmp, "model.safetensors"))
+    else:
+      weight_map = {}
+      for n, names in enumerate(shards):
+        fname = f"model-{n + 1:05d}-of-{len(shards):05d}.safetensors"
+        st.save_file({k: tensors[k] for k in names}, os.path.join(tmp, fname))
+        weight_map.update({k: fname for k in names})
+      total = sum(t.nbytes for t in tensors.values())
+      with open(os.path.join(tmp, "model.safetensors.index.json"), "w") as f:
+        json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=1)
+    with open(os.path.join(tmp, "config.json"), "w") as f:
+      json.dump(config_to_hf(cfg, dtype), f, indent=2)
+    if os.path.exists(path):
+      old = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.old-", dir=parent)
+      os.replace(path, os.path.join(old, "x"))
+      os.replace(tmp, path)
+      shutil.rmtree(old, ignore_errors=True)
+    else:
+      os.replace(tmp, path)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+  return path

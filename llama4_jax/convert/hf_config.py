@@ -1,0 +1,130 @@
+"""Hugging Face Llama 4 config.json <-> ModelConfig.
+
+Reads both spellings of the rotary settings (transformers 4.51 `rope_theta` + `rope_scaling`, and v5
+`rope_parameters`), and HF's `no_rope_layers` whose 1 means the layer *uses* RoPE.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from llama4_jax.config import ConfigError, ModelConfig, RopeScaling
+
+TEXT_ARCHITECTURES = ("Llama4ForCausalLM",)
+VISION_ARCHITECTURES = ("Llama4ForConditionalGeneration",)
+
+
+def _pattern_interval(flags: list[int], name: str, num_layers: int) -> int:
+  """Interval n such that flags[i] is set exactly when (i + 1) % n == 0; error if the list has another shape."""
+  if len(flags) < num_layers:
+    raise ConfigError(f"config.json: '{name}' has {len(flags)} entries for {num_layers} layers")
+  flags = [bool(f) for f in flags[:num_layers]]
+  if not any(flags):
+    raise ConfigError(f"config.json: '{name}' selects no layer; llama4_jax needs a periodic pattern")
+  interval = flags.index(True) + 1
+  expected = [(i + 1) % interval == 0 for i in range(num_layers)]
+  if flags != expected:
+    raise ConfigError(f"config.json: '{name}' is not periodic ((i+1) % n == 0 for some n): {flags}")
+  return interval
+
+
+def _rope(hf: dict) -> tuple[float, RopeScaling | None]:
+  params = hf.get("rope_parameters")
+  if isinstance(params, dict) and "rope_type" in params and "full_attention" not in params:
+    theta, scaling = params.get("rope_theta", hf.get("rope_theta", 500000.0)), params
+  else:
+    theta, scaling = hf.get("rope_theta", 500000.0), hf.get("rope_scaling")
+  if not scaling or scaling.get("rope_type", scaling.get("type", "default")) == "default":
+    return float(theta), None
+  rope_type = scaling.get("rope_type", scaling.get("type"))
+  if rope_type != "llama3":
+    raise ConfigError(f"config.json: rope type {rope_type!r} is not supported (only 'llama3' or none)")
+  try:
+    rs = RopeScaling("llama3", float(scaling["factor"]), float(scaling["low_freq_factor"]),
+                     float(scaling["high_freq_factor"]), int(scaling["original_max_position_embeddings"]))
+  except KeyError as e:
+    raise ConfigError(f"config.json: llama3 rope scaling lacks key {e}") from e
+  return float(theta), rs
+
+
+def config_from_hf(hf: dict, **overrides: Any) -> ModelConfig:
+  """ModelConfig from a parsed text config.json (Llama4ForCausalLM / model_type 'llama4_text')."""
+  archs = hf.get("architectures") or []
+  if any(a in VISION_ARCHITECTURES for a in archs) or hf.get("model_type") == "llama4":
+    raise ConfigError(f"config.json: architecture {archs or hf.get('model_type')} (vision + text) is not supported "
+                      "yet; only Llama4ForCausalLM text checkpoints can be loaded")
+  if archs and not any(a in TEXT_ARCHITECTURES for a in archs):
+    raise ConfigError(f"config.json: unsupported architecture {archs}; expected one of {TEXT_ARCHITECTURES}")
+  if hf.get("model_type", "llama4_text") != "llama4_text":
+    raise ConfigError(f"config.json: model_type {hf.get('model_type')!r} is not 'llama4_text'")
+  try:
+    layers = int(hf["num_hidden_layers"])
+    heads = int(hf["num_attention_heads"])
+    hidden = int(hf["hidden_size"])
+  except KeyError as e:
+    raise ConfigError(f"config.json: missing required key {e}") from e
+  if hf.get("no_rope_layers"):
+    nope = [1 - int(f) for f in hf["no_rope_layers"]]  # HF: 1 = uses RoPE
+    nope_interval = _pattern_interval(nope, "no_rope_layers", layers)
+  else:
+    nope_interval = int(hf.get("no_rope_layer_interval", 4))
+  if hf.get("moe_layers") is not None:
+    moe = set(hf["moe_layers"])
+    step = _pattern_interval([int(i in moe) for i in range(layers)], "moe_layers", layers)
+  else:
+    step = int(hf.get("interleave_moe_layer_step", 1))
+  theta, scaling = _rope(hf)
+  eos = hf.get("eos_token_id")
+  kwargs = dict(
+      vocab_size=int(hf["vocab_size"]), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+      num_key_value_heads=int(hf.get("num_key_value_heads") or heads),
+      head_dim=int(hf.get("head_dim") or hidden // heads),
+      intermediate_size=int(hf["intermediate_size"]), intermediate_size_mlp=int(hf["intermediate_size_mlp"]),
+      num_local_experts=int(hf["num_local_experts"]), num_experts_per_tok=int(hf["num_experts_per_tok"]),
+      interleave_moe_layer_step=step, no_rope_layer_interval=nope_interval,
+      attention_chunk_size=hf.get("attention_chunk_size"), use_qk_norm=bool(hf.get("use_qk_norm", True)),
+      attn_temperature_tuning=bool(hf.get("attn_temperature_tuning", True)),
+      floor_scale=hf.get("floor_scale", 8192), attn_scale=float(hf.get("attn_scale", 0.1)),
+      rope_theta=theta, rope_scaling=scaling, rms_norm_eps=float(hf.get("rms_norm_eps", 1e-5)),
+      max_position_embeddings=int(hf.get("max_position_embeddings", 131072)),
+      initializer_range=float(hf.get("initializer_range", 0.02)),
+      bos_token_id=hf.get("bos_token_id"), eos_token_id=eos[0] if isinstance(eos, list) and eos else eos,
+      pad_token_id=hf.get("pad_token_id"))
+  if hf.get("hidden_act", "silu") != "silu":
+    raise ConfigError(f"config.json: hidden_act {hf['hidden_act']!r} is not supported (Llama 4 uses 'silu')")
+  if hf.get("attention_bias"):
+    raise ConfigError("config.json: attention_bias=true is not supported (Llama 4 has no attention biases)")
+  kwargs.update(overrides)
+  return ModelConfig(**kwargs)
+
+
+def config_to_hf(cfg: ModelConfig, torch_dtype: str = "float32") -> dict:
+  """A transformers v5 Llama4TextConfig dict that `from_pretrained` reads back to the same model."""
+  layers = range(cfg.num_hidden_layers)
+  rope = {"rope_type": "default", "rope_theta": cfg.rope_theta}
+  if cfg.rope_scaling is not None:
+    rs = cfg.rope_scaling
+    rope = {"rope_type": rs.rope_type, "rope_theta": cfg.rope_theta, "factor": rs.factor,
+            "low_freq_factor": rs.low_freq_factor, "high_freq_factor": rs.high_freq_factor,
+            "original_max_position_embeddings": rs.original_max_position_embeddings}
+  no_rope_layers = [int(cfg.is_rope_layer(i)) for i in layers]
+  return {
+      "architectures": ["Llama4ForCausalLM"], "model_type": "llama4_text", "dtype": torch_dtype,
+      "vocab_size": cfg.vocab_size, "hidden_size": cfg.hidden_size, "num_hidden_layers": cfg.num_hidden_layers,
+      "num_attention_heads": cfg.num_attention_heads, "num_key_value_heads": cfg.num_key_value_heads,
+      "head_dim": cfg.head_dim, "intermediate_size": cfg.intermediate_size,
+      "intermediate_size_mlp": cfg.intermediate_size_mlp, "num_local_experts": cfg.num_local_experts,
+      "num_experts_per_tok": cfg.num_experts_per_tok, "interleave_moe_layer_step": cfg.interleave_moe_layer_step,
+      "moe_layers": [i for i in layers if cfg.is_moe_layer(i)], "no_rope_layer_interval": cfg.no_rope_layer_interval,
+      "no_rope_layers": no_rope_layers,
+      "layer_types": ["chunked_attention" if r else "full_attention" for r in no_rope_layers],
+      "attention_chunk_size": cfg.attention_chunk_size, "use_qk_norm": cfg.use_qk_norm,
+      "attn_temperature_tuning": cfg.attn_temperature_tuning, "floor_scale": cfg.floor_scale,
+      "attn_scale": cfg.attn_scale, "rope_parameters": rope, "rms_norm_eps": cfg.rms_norm_eps,
+      "max_position_embeddings": cfg.max_position_embeddings, "initializer_range": cfg.initializer_range,
+      "hidden_act": "silu", "attention_bias": False, "tie_word_embeddings": False,
+      # transformers rejects special ids outside the vocabulary (its embedding asserts on padding_idx).
+      **{name: (tid if tid is not None and 0 <= tid < cfg.vocab_size else None)
+         for name, tid in (("bos_token_id", cfg.bos_token_id), ("eos_token_id", cfg.eos_token_id),
+                           ("pad_token_id", cfg.pad_token_id))},
+  }

@@ -1,0 +1,57 @@
+"""Small building blocks: parameter declaration with logical axes, RMSNorm, SwiGLU MLP."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from llama4_jax.config import ModelConfig
+
+
+def dtype_of(name: str):
+  return jnp.dtype(name)
+
+
+def declare(module: nn.Module, name: str, shape: Sequence[int], axes: Sequence[str | None], cfg: ModelConfig,
+            init=None):
+  """Declares a parameter with its logical axis names next to its shape and initializer, once."""
+  init = init or nn.initializers.normal(stddev=cfg.initializer_range)
+  return module.param(name, nn.with_logical_partitioning(init, tuple(axes)), tuple(shape),
+                      dtype_of(cfg.param_dtype))
+
+
+def rms_normalize(x, eps: float):
+  """Weightless RMS normalisation in float32, cast back to x's dtype (also the qk-norm)."""
+  xf = x.astype(jnp.float32)
+  return (xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + eps)).astype(x.dtype)
+
+
+class RMSNorm(nn.Module):
+  """Normalise in fp32, cast back to the activation dtype, then multiply by the weight (Llama 4 order)."""
+
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, x_BLD):
+    scale = declare(self, "scale", (x_BLD.shape[-1],), ("norm",), self.cfg, nn.initializers.ones)
+    return rms_normalize(x_BLD, self.cfg.rms_norm_eps) * scale.astype(x_BLD.dtype)
+
+
+class MLP(nn.Module):
+  """SwiGLU feed-forward: down(silu(gate(x)) * up(x)), no biases."""
+
+  cfg: ModelConfig
+  width: int
+  axis: str = "mlp"
+
+  @nn.compact
+  def __call__(self, x_BLD):
+    cfg, d = self.cfg, x_BLD.shape[-1]
+    gate = declare(self, "gate", (d, self.width), ("embed", self.axis), cfg).astype(x_BLD.dtype)
+    up = declare(self, "up", (d, self.width), ("embed", self.axis), cfg).astype(x_BLD.dtype)
+    down = declare(self, "down", (self.width, d), (self.axis, "embed"), cfg).astype(x_BLD.dtype)
+    h = jax.nn.silu(x_BLD @ gate) * (x_BLD @ up)
+    return h @ down

@@ -1,0 +1,91 @@
+"""The Llama 4 text decoder. Depth is a `scan` over the repeating super-block of layer kinds.
+
+The super-block has lcm(no_rope_layer_interval, interleave_moe_layer_step) layers, each with its static kind (RoPE
+or NoPE attention, dense or MoE feed-forward); scanning over `num_blocks` copies keeps compile time flat in depth.
+Parameters of block-layer j live under params['blocks']['layer_j'] with a leading [num_blocks] axis, so global layer
+i = block * block_size + j.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from llama4_jax.config import ModelConfig
+from llama4_jax.model.attention import Attention
+from llama4_jax.model.layers import MLP, RMSNorm, declare, dtype_of
+from llama4_jax.model.moe import MoE
+from llama4_jax.model.rope import inverse_frequencies, rope_cos_sin
+from llama4_jax.ops.attention import self_attention_masks
+
+REMAT_POLICIES = {
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_with_no_batch_dims": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+}
+
+
+class DecoderLayer(nn.Module):
+  cfg: ModelConfig
+  index: int  # position inside the super-block; its kind is the same in every block
+
+  @nn.compact
+  def __call__(self, x_BLD, ctx):
+    cfg = self.cfg
+    use_rope = cfg.is_rope_layer(self.index)
+    mask = ctx["chunked_mask"] if use_rope else ctx["global_mask"]
+    h = RMSNorm(cfg, name="attn_norm")(x_BLD)
+    x_BLD = x_BLD + Attention(cfg, use_rope, name="attn")(h, ctx["positions"], ctx["cos_sin"], mask)
+    h = RMSNorm(cfg, name="ffn_norm")(x_BLD)
+    if cfg.is_moe_layer(self.index):
+      out, stats = MoE(cfg, name="moe")(h, ctx["segment_ids"] != 0)
+    else:
+      out, stats = MLP(cfg, cfg.intermediate_size_mlp, name="mlp")(h), None
+    return x_BLD + out, stats
+
+
+class SuperBlock(nn.Module):
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, x_BLD, ctx):
+    stats = {}
+    for j in range(self.cfg.block_size):
+      x_BLD, layer_stats = DecoderLayer(self.cfg, j, name=f"layer_{j}")(x_BLD, ctx)
+      if layer_stats is not None:
+        stats[f"layer_{j}"] = layer_stats
+    return x_BLD, stats
+
+
+class Transformer(nn.Module):
+  """tokens [B, L] -> (logits [B, L, V] float32, aux). aux['moe'] holds per-MoE-layer router statistics."""
+
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, tokens_BL, positions_BL=None, segment_ids_BL=None, embeddings_BLD=None):
+    cfg = self.cfg
+    block = SuperBlock
+    if cfg.remat_policy != "none":
+      block = nn.remat(block, policy=REMAT_POLICIES[cfg.remat_policy], prevent_cse=False)
+    blocks = nn.scan(
+        block, variable_axes={"params": 0}, split_rngs={"params": True}, in_axes=nn.broadcast,
+        length=cfg.num_blocks, metadata_params={nn.PARTITION_NAME: "layers"})(cfg, name="blocks")
+    b, l = tokens_BL.shape
+    if positions_BL is None:
+      positions_BL = jnp.broadcast_to(jnp.arange(l, dtype=jnp.int32), (b, l))
+    if segment_ids_BL is None:
+      segment_ids_BL = jnp.ones((b, l), jnp.int32)
+    embed = declare(self, "embed", (cfg.vocab_size, cfg.hidden_size), ("vocab", "embed"), cfg)
+    dt = dtype_of(cfg.dtype)
+    x_BLD = jnp.take(embed, tokens_BL, axis=0).astype(dt) if embeddings_BLD is None else embeddings_BLD.astype(dt)
+    global_mask, chunked_mask = self_attention_masks(positions_BL, segment_ids_BL, cfg.attention_chunk_size)
+    inv_freq = inverse_frequencies(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling)
+    ctx = {"positions": positions_BL, "segment_ids": segment_ids_BL, "cos_sin": rope_cos_sin(positions_BL, inv_freq),
+           "global_mask": global_mask, "chunked_mask": chunked_mask}
+    x_BLD, stats = blocks(x_BLD, ctx)
+    x_BLD = RMSNorm(cfg, name="final_norm")(x_BLD)
+    head = declare(self, "lm_head", (cfg.hidden_size, cfg.vocab_size), ("embed", "vocab"), cfg)
+    logits_BLV = jnp.einsum("bld,dv->blv", x_BLD, head.astype(dt), preferred_element_type=jnp.float32)
+    return logits_BLV, {"moe": stats}

@@ -1,0 +1,1 @@
+"""Pure functions without Flax: attention and MoE dispatch. Kernels plug in here."""

@@ -1,0 +1,1 @@
+"""Pallas kernels; each folder holds reference.py, kernel.py, ops.py and tests."""
