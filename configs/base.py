@@ -1,8 +1,41 @@
-"""Base experiment config: every default. Usage: --config=configs/base.py:<preset> (tiny, small, scout, ...)."""
+"""Base experiment config: every default in one place. Usage: --config=configs/base.py:<preset>.
+
+Sections: model (configs/models.py presets), data, optim, train, and the stage list (`stages` + `stage_order`).
+A stage's `overrides` is a nested dict applied on top of these sections for that stage only.
+"""
 
 import ml_collections
 
 from configs import models
+
+
+def data_config():
+  return ml_collections.ConfigDict(dict(
+      task="llama4_jax.python_docs",  # seqio task or mixture (llama4_jax/data/tasks.py)
+      train_split="train", eval_split="validation",
+      tfds_name="", tfds_data_dir="", tfds_text_key="text",  # a prepared local TFDS text dataset instead
+      tokenizer_path="",  # '' = the embedded tiny tokenizer; or a Llama 4 tokenizer.model
+      num_reserved_special_tokens=256,  # 2048 for the real Llama 4 tokenizer
+      seq_len=128, batch_size=8, eval_batches=8, max_documents=0))
+
+
+def optim_config():
+  return ml_collections.ConfigDict(dict(
+      learning_rate=3e-3, warmup_steps=20, schedule="cosine", min_lr_ratio=0.1, decay_fraction=0.2,
+      b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1, weight_decay_exclude=("norm",), clip_norm=1.0,
+      lr_multipliers=(),  # ((regex on parameter path, factor), ...), e.g. (("moe/(gate|up|down)$", 0.5),)
+  ))
+
+
+def train_config():
+  return ml_collections.ConfigDict(dict(
+      steps=200, micro_batches=1, z_loss=1e-4, load_balance_coef=1e-3, log_every=10, eval_every=100,
+      checkpoint_every=50, keep_checkpoints=3, keep_period=0, async_checkpoint=True, max_nonfinite_in_a_row=5,
+      reset_optimizer=True, tensorboard=True, progress=True))
+
+
+def stage(kind="lm", **overrides):
+  return ml_collections.ConfigDict(dict(kind=kind, overrides=ml_collections.ConfigDict(overrides)))
 
 
 def get_config(preset: str = "tiny"):
@@ -10,6 +43,11 @@ def get_config(preset: str = "tiny"):
     raise ValueError(f"unknown model preset {preset!r}; choose one of {sorted(models.PRESETS)}")
   config = ml_collections.ConfigDict()
   config.preset = preset
-  config.model = models.PRESETS[preset]()
   config.seed = 0
+  config.model = models.PRESETS[preset]()
+  config.data = data_config()
+  config.optim = optim_config()
+  config.train = train_config()
+  config.stages = ml_collections.ConfigDict({"pretrain": stage()})
+  config.stage_order = ("pretrain",)
   return config

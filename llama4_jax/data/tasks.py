@@ -1,0 +1,87 @@
+"""seqio Tasks and Mixtures of raw text. The only module that touches seqio's registry.
+
+Tasks yield {"text": string}; tokenisation and packing happen in the grain pipeline (`pipeline.py`), which reads the
+examples through `task_texts`. Registered here:
+  * `llama4_jax.python_docs`: the embedded corpus (Python 3.11 documentation, see data/assets/README.md), with a
+    deterministic held-out 'validation' split of every `HELD_OUT_EVERY`-th document,
+  * `llama4_jax.tfds.<name>`: any TFDS text dataset prepared under a local `data_dir` (`register_tfds`),
+  * `llama4_jax.python_docs_mix`: a Mixture over the embedded task (a template for weighted mixtures).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+EMBEDDED_TASK = "llama4_jax.python_docs"
+EMBEDDED_MIXTURE = "llama4_jax.python_docs_mix"
+HELD_OUT_EVERY = 50
+SPLITS = ("train", "validation")
+
+
+@functools.lru_cache(maxsize=None)
+def _seqio():
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+  import seqio
+  import tensorflow as tf
+  tf.config.set_visible_devices([], "GPU")  # tf.data only; never grab accelerator memory from JAX
+  return seqio, tf
+
+
+def _text_features():
+  seqio, tf = _seqio()
+  return {"text": seqio.Feature(seqio.PassThroughVocabulary(1), dtype=tf.string, add_eos=False, required=False,
+                                rank=0)}
+
+
+def _embedded_split(split: str, shuffle_files: bool = False, seed=None):
+  del shuffle_files, seed
+  from llama4_jax.data.corpus import load_corpus
+  _, tf = _seqio()
+  docs = load_corpus()
+  held_out = [d["text"] for d in docs if d["id"] % HELD_OUT_EVERY == 0]
+  train = [d["text"] for d in docs if d["id"] % HELD_OUT_EVERY != 0]
+  texts = {"train": train, "validation": held_out}[split]
+  return tf.data.Dataset.from_tensor_slices({"text": tf.constant(texts, tf.string)})
+
+
+def register_embedded() -> str:
+  seqio, _ = _seqio()
+  if EMBEDDED_TASK not in seqio.TaskRegistry.names():
+    seqio.TaskRegistry.add(EMBEDDED_TASK, source=seqio.FunctionDataSource(_embedded_split, splits=SPLITS),
+                           preprocessors=[], output_features=_text_features())
+  if EMBEDDED_MIXTURE not in seqio.MixtureRegistry.names():
+    seqio.MixtureRegistry.add(EMBEDDED_MIXTURE, [(EMBEDDED_TASK, 1.0)])
+  return EMBEDDED_TASK
+
+
+def register_tfds(tfds_name: str, data_dir: str, text_key: str = "text") -> str:
+  """Registers a prepared TFDS dataset (e.g. 'my_corpus:1.0.0' under `data_dir`) as a text task; returns its name."""
+  seqio, _ = _seqio()
+  if not data_dir or not os.path.isdir(data_dir):
+    raise FileNotFoundError(f"data.tfds_data_dir={data_dir!r} is not a directory with a prepared TFDS dataset")
+  name = f"llama4_jax.tfds.{tfds_name.replace(':', '_').replace('/', '_')}"
+  if name not in seqio.TaskRegistry.names():
+    preprocessors = [] if text_key == "text" else [
+        functools.partial(seqio.preprocessors.rekey, key_map={"text": text_key})]
+    seqio.TaskRegistry.add(
+        name, source=seqio.TfdsDataSource(tfds_name=tfds_name, tfds_data_dir=data_dir),
+        preprocessors=preprocessors, output_features=_text_features())
+  return name
+
+
+def task_texts(name: str, split: str, limit: int | None = None) -> list[str]:
+  """All texts of a registered seqio Task or Mixture split, in the source's deterministic order."""
+  seqio, _ = _seqio()
+  register_embedded()
+  try:
+    provider = seqio.get_mixture_or_task(name)
+  except ValueError as e:
+    raise ValueError(f"data.task={name!r} is not a registered seqio task or mixture "
+                     f"(known: {sorted(seqio.TaskRegistry.names())[:20]})") from e
+  if split not in provider.splits:
+    raise ValueError(f"data split {split!r} is not one of {list(provider.splits)} for task {name!r}")
+  ds = provider.get_dataset(sequence_length=None, split=split, shuffle=False, use_cached=False)
+  if limit:
+    ds = ds.take(limit)
+  return [ex["text"].decode("utf-8") for ex in ds.as_numpy_iterator()]

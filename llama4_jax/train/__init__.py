@@ -1,0 +1,1 @@
+"""Training: state, optimizer, pure train step, checkpoints, metrics and the loop."""

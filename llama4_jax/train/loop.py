@@ -1,0 +1,222 @@
+"""`train_and_evaluate(config, workdir)`: runs an experiment's stages in order, resumably.
+
+An experiment config holds the base sections (model, data, optim, train), a `stages` dict of named stages, each with
+a `kind` and `overrides` (a nested dict applied on top of the base sections), and `stage_order`. Each stage starts
+from the previous stage's final parameters (and optimizer state unless `train.reset_optimizer`) and keeps its own
+checkpoints under `<workdir>/checkpoints/<stage>`; a finished stage is skipped on restart.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import json
+import math
+import os
+import signal
+import time
+
+import jax
+import numpy as np
+from ml_collections import ConfigDict
+
+from llama4_jax.config import ConfigError, from_config_dict, to_dict
+from llama4_jax.model import init_params, param_shapes
+from llama4_jax.train import data as train_data
+from llama4_jax.train.checkpoint import Checkpointer, CheckpointMismatchError
+from llama4_jax.train.console import Progress, summary
+from llama4_jax.train.metrics import MetricsWriter
+from llama4_jax.train.optimizer import make_optimizer
+from llama4_jax.train.step import LossConfig, eval_step, init_state, train_step
+
+STAGE_KINDS = ("lm",)  # later: "sft", "dpo", "rl", "distill"
+
+
+class Preempted(RuntimeError):
+  """SIGTERM arrived; a checkpoint was saved. Running the same command again resumes."""
+
+
+class NonFiniteError(RuntimeError):
+  """Too many consecutive updates had a non-finite loss or gradient."""
+
+
+def _apply_overrides(target: ConfigDict, overrides, prefix: str) -> None:
+  for key, value in overrides.items():
+    if key not in target:
+      raise ConfigError(f"{prefix}.{key}: no such key in the base config")
+    if isinstance(value, (ConfigDict, dict)) and isinstance(target[key], ConfigDict):
+      _apply_overrides(target[key], value, f"{prefix}.{key}")
+    else:
+      try:
+        target[key] = value
+      except TypeError as e:
+        raise ConfigError(f"{prefix}.{key}: {e}") from e
+
+
+def resolve_stages(config: ConfigDict) -> list[tuple[str, str, ConfigDict]]:
+  """(name, kind, fully overridden config) per stage, validated before anything is compiled."""
+  stages = []
+  for name in config.stage_order:
+    if name not in config.stages:
+      raise ConfigError(f"stage_order names {name!r}, which is not in config.stages ({list(config.stages)})")
+    stage = config.stages[name]
+    if stage.kind not in STAGE_KINDS:
+      raise ConfigError(f"stages.{name}.kind={stage.kind!r} is not one of {STAGE_KINDS}")
+    resolved = copy.deepcopy(config)
+    _apply_overrides(resolved, stage.get("overrides", {}), f"stages.{name}.overrides")
+    stages.append((name, stage.kind, resolved))
+  if not stages:
+    raise ConfigError("config.stage_order is empty")
+  shapes = None
+  for name, _, cfg in stages:
+    model_cfg = from_config_dict(cfg.model)
+    train_data.check_data_config(cfg.data, model_cfg)
+    if cfg.train.steps <= 0:
+      raise ConfigError(f"stages.{name}: train.steps must be positive, got {cfg.train.steps}")
+    if cfg.data.batch_size % (cfg.train.micro_batches * jax.process_count()):
+      raise ConfigError(f"stages.{name}: data.batch_size={cfg.data.batch_size} is not divisible by "
+                        f"train.micro_batches={cfg.train.micro_batches} x processes={jax.process_count()}")
+    stage_shapes = jax.tree_util.tree_map(lambda s: s.shape, param_shapes(model_cfg))
+    if shapes is not None and stage_shapes != shapes:
+      raise ConfigError(f"stages.{name}: model overrides change parameter shapes; stages must share them")
+    shapes = stage_shapes
+  return stages
+
+
+def _fingerprint(stages) -> dict:
+  return {name: {"kind": kind, "model": to_dict(from_config_dict(cfg.model)), "tokenizer": cfg.data.tokenizer_path,
+                 "reserved": cfg.data.num_reserved_special_tokens} for name, kind, cfg in stages}
+
+
+def _check_workdir(workdir: str, fingerprint: dict) -> None:
+  """Refuses a workdir whose checkpoints belong to another model / tokenizer; records ours otherwise."""
+  path = os.path.join(workdir, "experiment.json")
+  if os.path.exists(path):
+    with open(path) as f:
+      old = json.load(f)
+    if old != json.loads(json.dumps(fingerprint)):
+      diff = sorted({f"{s}.{k}" for s in set(old) | set(fingerprint)
+                     for k in set(old.get(s, {})) | set(fingerprint.get(s, {}))
+                     if json.dumps(old.get(s, {}).get(k)) != json.dumps(fingerprint.get(s, {}).get(k))})
+      raise CheckpointMismatchError(
+          f"{workdir} holds a run of an incompatible configuration (differs in {diff[:6]}); "
+          "use a new --workdir or delete the old one")
+    return
+  os.makedirs(workdir, exist_ok=True)
+  with open(path + ".tmp", "w") as f:
+    json.dump(fingerprint, f, indent=1)
+  os.replace(path + ".tmp", path)
+
+
+def _moe_load(stats, block_size: int) -> dict:
+  """Per global MoE layer: the expert shares of routed tokens and max share x E (1.0 = perfectly balanced)."""
+  out = {}
+  for name, layer in stats.items():
+    fractions = np.asarray(layer["expert_fraction"])
+    for b, row in enumerate(fractions):
+      i = b * block_size + int(name.split("_")[1])
+      out[f"moe_load_max/layer_{i}"] = float(row.max() * row.shape[0])
+      out[f"moe_expert_fraction/layer_{i}"] = row.tolist()
+  return out
+
+
+def _evaluate(eval_fn, params, batches) -> dict:
+  ce = tokens = 0.0
+  for batch in batches:
+    out = jax.device_get(eval_fn(params, batch))
+    ce, tokens = ce + float(out["ce"]), tokens + float(out["tokens"])
+  loss = ce / max(tokens, 1.0)
+  return {"eval_loss": loss, "eval_perplexity": math.exp(min(loss, 50.0)), "eval_tokens": int(tokens)}
+
+
+def run_stage(name: str, cfg: ConfigDict, workdir: str, carried, offset: int, writer: MetricsWriter, stop):
+  """Trains one stage to `cfg.train.steps`; returns (final state, summary row)."""
+  model_cfg, tcfg = from_config_dict(cfg.model), cfg.train
+  docs = train_data.documents(cfg.data, model_cfg)
+  params = carried.params if carried is not None else init_params(model_cfg, jax.random.key(cfg.seed))
+  tx, schedule = make_optimizer(cfg.optim, params, tcfg.steps)
+  state = init_state(params, tx)
+  if carried is not None and not tcfg.reset_optimizer:
+    state = state.replace(opt_state=carried.opt_state)
+  ckpt = Checkpointer(os.path.join(workdir, "checkpoints", name), tcfg.keep_checkpoints, tcfg.keep_period,
+                      tcfg.async_checkpoint)
+  record = {"stage": name, "complete": False, "seed": cfg.seed}
+  train_it = iter(train_data.train_batches(cfg.data, docs["train"], cfg.seed))
+  restored = ckpt.restore_latest(jax.eval_shape(lambda: state))
+  step = 0
+  if restored is not None:
+    step, state, data_state, old_record = restored
+    train_it.set_state(data_state)
+    if old_record.get("complete"):
+      ckpt.close()
+      return state, {"stage": name, "steps": step, "resumed": "complete", **old_record.get("summary", {})}
+  writer.truncate_after(offset + step)
+  step_fn = jax.jit(functools.partial(train_step, model_cfg=model_cfg, train_cfg=LossConfig.from_config(tcfg),
+                                      tx=tx, schedule=schedule), donate_argnums=0)
+  eval_fn = jax.jit(functools.partial(eval_step, model_cfg=model_cfg))
+  eval_set = train_data.eval_batches(cfg.data, docs["eval"])
+  progress = Progress(name, step, tcfg.steps, enabled=tcfg.progress)
+  row = {"stage": name, "steps": tcfg.steps, "tokens": 0, "seconds": 0.0, "skipped": 0}
+  base_key, t_log, tok_log, t_start = jax.random.key(cfg.seed), time.perf_counter(), 0.0, time.perf_counter()
+  while step < tcfg.steps:
+    batch = next(train_it)
+    state, metrics = step_fn(state, batch, jax.random.fold_in(base_key, offset + step))
+    step += 1
+    in_a_row = int(state.nonfinite_in_a_row)
+    tok_log += float(np.sum(batch["loss_mask"]))
+    if step % tcfg.log_every == 0 or step == tcfg.steps or in_a_row:
+      m = jax.device_get(metrics)
+      now = time.perf_counter()
+      tps = tok_log / max(now - t_log, 1e-9)
+      row["tokens"] += int(tok_log)
+      t_log, tok_log = now, 0.0
+      scalars = {k: float(v) for k, v in m.items() if k != "expert_load"}
+      writer.write(offset + step, {"stage": name, "stage_step": step, **scalars, "tokens_per_s": tps,
+                                   **_moe_load(m["expert_load"], model_cfg.block_size)})
+      row.setdefault("first_loss", scalars["loss"])
+      row["last_loss"] = scalars["loss"]
+      progress.update(step, scalars["loss"], tps)
+    if in_a_row >= tcfg.max_nonfinite_in_a_row:
+      ckpt.close()
+      raise NonFiniteError(f"stage {name}: {in_a_row} consecutive updates had a non-finite loss or gradient "
+                           f"(step {step}); stopping. The last checkpoint holds the state before them.")
+    if tcfg.eval_every and step % tcfg.eval_every == 0 and step < tcfg.steps:
+      writer.write(offset + step, {"stage": name, **_evaluate(eval_fn, state.params, eval_set)})
+    if step == tcfg.steps:
+      break
+    if step % tcfg.checkpoint_every == 0 or stop["flag"]:
+      ckpt.save(step, state, train_it.get_state(), record, force=stop["flag"])
+    if stop["flag"]:
+      ckpt.close()
+      progress.close()
+      raise Preempted(f"SIGTERM: saved stage {name} at step {step} in {ckpt.directory}; rerun to resume")
+  progress.close()
+  row.update(_evaluate(eval_fn, state.params, eval_set))
+  writer.write(offset + step, {"stage": name, **{k: row[k] for k in ("eval_loss", "eval_perplexity")}})
+  row["seconds"] = time.perf_counter() - t_start
+  row["tokens_per_s"] = row["tokens"] / max(row["seconds"], 1e-9)
+  row["skipped"] = int(state.nonfinite_total)
+  ckpt.save(step, state, train_it.get_state(), {**record, "complete": True, "summary": row}, force=True)
+  ckpt.close()
+  return state, row
+
+
+def train_and_evaluate(config: ConfigDict, workdir: str) -> list[dict]:
+  """Runs every stage; returns the per-stage summary rows (also printed)."""
+  stages = resolve_stages(config)
+  workdir = os.path.abspath(workdir)
+  _check_workdir(workdir, _fingerprint(stages))
+  stop = {"flag": False}
+  previous = signal.signal(signal.SIGTERM, lambda *_: stop.update(flag=True))
+  writer = MetricsWriter(workdir, tensorboard=config.train.tensorboard)
+  rows, state, offset = [], None, 0
+  try:
+    for name, _, cfg in stages:
+      state, row = run_stage(name, cfg, workdir, state, offset, writer, stop)
+      rows.append(row)
+      offset += cfg.train.steps
+  finally:
+    writer.close()
+    signal.signal(signal.SIGTERM, previous)
+  print(summary(rows, workdir), flush=True)
+  return rows

@@ -1,0 +1,94 @@
+"""optax AdamW with warm-up + cosine / warmup-stable-decay schedules, clipping, a weight-decay mask and
+per-parameter-group learning-rate multipliers chosen by regular expressions on parameter paths.
+
+Parameter paths are '/'-joined pytree keys, e.g. 'blocks/layer_1/moe/gate' or 'embed'. The multipliers are the hook
+MetaP-style per-layer learning rates plug into.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import optax
+
+
+def param_paths(tree) -> Any:
+  """Pytree of '/'-joined key paths with the structure of `tree`."""
+  def name(path, _):
+    return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+  return jax.tree_util.tree_map_with_path(name, tree)
+
+
+def learning_rate_schedule(peak: float, total_steps: int, warmup_steps: int, kind: str = "cosine",
+                           min_ratio: float = 0.1, decay_fraction: float = 0.2):
+  """Linear warm-up to `peak`, then cosine decay or warmup-stable-decay (linear to min over the last fraction)."""
+  if kind not in ("cosine", "wsd", "constant"):
+    raise ValueError(f"optim.schedule={kind!r} is not one of cosine, wsd, constant")
+  warmup_steps = min(warmup_steps, max(total_steps - 1, 0))
+  warmup = optax.linear_schedule(0.0, peak, max(warmup_steps, 1))
+  rest = max(total_steps - warmup_steps, 1)
+  if kind == "cosine":
+    after = optax.cosine_decay_schedule(peak, rest, alpha=min_ratio)
+  elif kind == "constant":
+    after = optax.constant_schedule(peak)
+  else:
+    decay = max(int(rest * decay_fraction), 1)
+    after = optax.join_schedules(
+        [optax.constant_schedule(peak), optax.linear_schedule(peak, peak * min_ratio, decay)], [rest - decay])
+  if warmup_steps == 0:
+    return after
+  return optax.join_schedules([warmup, after], [warmup_steps])
+
+
+def _match(patterns: Sequence[str], path: str) -> bool:
+  return any(re.search(p, path) for p in patterns)
+
+
+def weight_decay_mask(params, exclude: Sequence[str]):
+  """True where weight decay applies: every parameter whose path matches none of `exclude`."""
+  return jax.tree_util.tree_map(lambda p: not _match(exclude, p), param_paths(params))
+
+
+def lr_multiplier_tree(params, multipliers: Sequence[tuple[str, float]]):
+  """Per-parameter learning-rate multiplier: product of every (regex, factor) pair whose regex matches the path."""
+  for pattern, _ in multipliers:
+    re.compile(pattern)  # fail early, naming nothing cryptic
+  def mult(path):
+    factor = 1.0
+    for pattern, value in multipliers:
+      if re.search(pattern, path):
+        factor *= float(value)
+    return factor
+  return jax.tree_util.tree_map(mult, param_paths(params))
+
+
+def scale_by_tree(factors) -> optax.GradientTransformation:
+  """Multiplies each update leaf by a static per-leaf factor (so it scales the decoupled weight decay too)."""
+  def init(params):
+    del params
+    return optax.EmptyState()
+
+  def update(updates, state, params=None):
+    del params
+    return jax.tree_util.tree_map(lambda u, f: u if f == 1.0 else u * jnp.asarray(f, u.dtype), updates,
+                                  factors), state
+  return optax.GradientTransformation(init, update)
+
+
+def make_optimizer(optim_cfg, params, total_steps: int):
+  """(optax transformation, schedule) from the `config.optim` section."""
+  schedule = learning_rate_schedule(optim_cfg.learning_rate, total_steps, optim_cfg.warmup_steps,
+                                    optim_cfg.schedule, optim_cfg.min_lr_ratio, optim_cfg.decay_fraction)
+  parts = []
+  if optim_cfg.clip_norm and optim_cfg.clip_norm > 0:
+    parts.append(optax.clip_by_global_norm(optim_cfg.clip_norm))
+  parts.append(optax.adamw(schedule, b1=optim_cfg.b1, b2=optim_cfg.b2, eps=optim_cfg.eps,
+                           weight_decay=optim_cfg.weight_decay,
+                           mask=weight_decay_mask(params, tuple(optim_cfg.weight_decay_exclude))))
+  multipliers = tuple(tuple(m) for m in optim_cfg.lr_multipliers)
+  if multipliers:
+    parts.append(scale_by_tree(lr_multiplier_tree(params, multipliers)))
+  return optax.chain(*parts), schedule
