@@ -17,6 +17,8 @@ INSTALL_REQUIRES = [
     "numpy>=2.0,<3",
     "ml_dtypes>=0.5,<1",
     "tiktoken>=0.14,<1",
+    "regex>=2024.1",
+    "tensorboardX>=2.6,<3",
 ]
 
 EXTRAS = {
@@ -31,6 +33,8 @@ setup(
     version="0.1.0",
     description=__doc__,
     packages=find_packages(include=["llama4_jax", "llama4_jax.*", "pallas_kernels", "pallas_kernels.*"]),
+    package_data={"llama4_jax.data": ["assets/*"]},
+    include_package_data=True,
     python_requires=">=3.11,<3.13",
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS,

@@ -80,7 +80,9 @@ class _TensorIndex:
       except (OSError, ValueError, KeyError) as e:
         raise CheckpointError(f"{index}: unreadable index ({e})") from e
       self.files = {k: os.path.join(path, v) for k, v in weight_map.items()}
+      self.source = index
     elif os.path.exists(single):
+      self.source = single
       self.files = {k: single for k in st.read_header(single)[0]}
     else:
       raise CheckpointError(f"{path}: neither model.safetensors nor model.safetensors.index.json found")
@@ -120,7 +122,8 @@ def load_hf(path: str, param_dtype: str = "float32", **config_overrides) -> tupl
   tied = bool(hf_cfg.get("tie_word_embeddings")) and "lm_head.weight" not in index.files
   missing = sorted(expected - set(index.files) - ({"lm_head.weight"} if tied else set()))
   if missing:
-    raise CheckpointError(f"{path}: missing tensor(s) {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+    where = index.source
+    raise CheckpointError(f"{where}: missing tensor(s) {missing[:5]}{' ...' if len(missing) > 5 else ''}")
   extra = sorted(set(index.files) - expected)
   if extra:
     raise CheckpointError(f"{index.files[extra[0]]}: unexpected tensor(s) {extra[:5]} for this config")

@@ -66,7 +66,7 @@ def save_file(tensors: Mapping[str, np.ndarray], path: str, metadata: Mapping[st
   """Writes tensors (C-contiguous little-endian) in safetensors format."""
   header, offset, arrays = {}, 0, []
   for name in sorted(tensors):
-    arr = np.ascontiguousarray(tensors[name])
+    arr = np.ascontiguousarray(tensors[name]).reshape(np.shape(tensors[name]))  # keep 0-d tensors 0-d
     if arr.dtype not in _NAMES:
       raise CheckpointError(f"tensor '{name}': dtype {arr.dtype} cannot be written to safetensors")
     header[name] = {"dtype": _NAMES[arr.dtype], "shape": list(arr.shape),

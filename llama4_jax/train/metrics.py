@@ -25,10 +25,8 @@ class MetricsWriter:
     self.path = os.path.join(workdir, "metrics.jsonl")
     self._tb = None
     if tensorboard:
-      os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-      import tensorflow as tf
-      self._tf = tf
-      self._tb = tf.summary.create_file_writer(os.path.join(workdir, "tensorboard"))
+      from tensorboardX import SummaryWriter  # writes TensorBoard event files without TensorFlow's summary ops
+      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"), flush_secs=30)
 
   def truncate_after(self, step: int) -> None:
     """Drops records with step > `step` (work lost since the last checkpoint will be redone)."""
@@ -55,10 +53,9 @@ class MetricsWriter:
       f.write(json.dumps(record) + "\n")
       f.flush()
     if self._tb is not None:
-      with self._tb.as_default(step=int(step)):
-        for k, v in record.items():
-          if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "step" and math.isfinite(v):
-            self._tf.summary.scalar(k, v)
+      for k, v in record.items():
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "step" and math.isfinite(v):
+          self._tb.add_scalar(k, v, int(step))
 
   def close(self) -> None:
     if self._tb is not None:

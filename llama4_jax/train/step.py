@@ -125,7 +125,7 @@ def train_step(state: TrainState, batch, rng, *, model_cfg: ModelConfig, train_c
       nonfinite_in_a_row=jnp.where(finite, 0, state.nonfinite_in_a_row + 1),
       nonfinite_total=state.nonfinite_total + skipped)
   metrics = {"loss": loss, "z_loss": s["z"] / tokens, "balance_loss": s["balance"],
-             "grad_norm": optax.global_norm(grads), "learning_rate": schedule(state.step),
+             "grad_norm": optax.tree.norm(grads), "learning_rate": schedule(state.step),
              "tokens": s["tokens"], "skipped": skipped, "expert_load": stats}
   return new_state, metrics
 

@@ -1,0 +1,151 @@
+"""Masks (spec 4.5), temperature tuning (4.7) and the reference grouped-query attention (4.1) against brute force."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from llama4_jax.ops.attention import attention_mask, dot_product_attention, self_attention_masks, temperature_scale
+
+
+def _packed_row(doc_lengths, pad=0):
+  """segment ids 1, 2, ... per document (0 for trailing padding) and positions restarting at 0 per document."""
+  segments = [s + 1 for s, n in enumerate(doc_lengths) for _ in range(n)] + [0] * pad
+  positions = [p for n in doc_lengths for p in range(n)] + list(range(pad))
+  return np.array(segments, np.int32), np.array(positions, np.int32)
+
+
+def _brute_force_mask(segments_L, chunk_size):
+  """mask[i, j] from slot indices only: causal, same document, same chunk counted from the document's first slot."""
+  l = len(segments_L)
+  start = [min(s for s in range(l) if segments_L[s] == segments_L[i]) for i in range(l)]
+  mask = np.zeros((l, l), bool)
+  for i in range(l):
+    for j in range(l):
+      ok = j <= i and segments_L[i] == segments_L[j]
+      if chunk_size is not None:
+        ok = ok and (i - start[i]) // chunk_size == (j - start[j]) // chunk_size
+      mask[i, j] = ok
+  return mask
+
+
+ROWS = [((20,), 0), ((5, 11, 3), 1), ((9, 4), 7), ((1, 1, 8), 10)]  # (document lengths, trailing padding): 20 slots
+
+
+@pytest.mark.parametrize("chunk_size", [None, 1, 4, 8])
+def test_attention_mask_matches_brute_force(chunk_size):
+  # Trailing padding is one more "document" of segment 0 whose positions restart at 0.
+  rows = [_packed_row(docs, pad) for docs, pad in ROWS]
+  l = len(rows[0][0])
+  segments_BL = np.stack([s for s, _ in rows])
+  positions_BL = np.stack([p for _, p in rows])
+  index_BL = np.broadcast_to(np.arange(l, dtype=np.int32), segments_BL.shape)
+  mask = np.asarray(attention_mask(jnp.asarray(index_BL), jnp.asarray(index_BL), jnp.asarray(segments_BL),
+                                   jnp.asarray(segments_BL), jnp.asarray(positions_BL), jnp.asarray(positions_BL),
+                                   chunk_size=chunk_size))
+  expected = np.stack([_brute_force_mask(s, chunk_size) for s in segments_BL])
+  assert mask.dtype == bool and mask.shape == (len(rows), l, l)
+  np.testing.assert_array_equal(mask, expected)
+
+
+def test_self_attention_masks_match_brute_force():
+  segments_L, positions_L = _packed_row((13, 10))
+  global_BLL, chunked_BLL = self_attention_masks(jnp.asarray(positions_L[None]), jnp.asarray(segments_L[None]), 4)
+  np.testing.assert_array_equal(np.asarray(global_BLL[0]), _brute_force_mask(segments_L, None))
+  np.testing.assert_array_equal(np.asarray(chunked_BLL[0]), _brute_force_mask(segments_L, 4))
+  same_BLL, same2_BLL = self_attention_masks(jnp.asarray(positions_L[None]), jnp.asarray(segments_L[None]), None)
+  np.testing.assert_array_equal(np.asarray(same_BLL), np.asarray(same2_BLL))
+  np.testing.assert_array_equal(np.asarray(same_BLL), np.asarray(global_BLL))
+
+
+def test_token_at_chunk_boundary_sees_only_itself():
+  c = 8
+  l = 2 * c + 3
+  positions_BL = jnp.arange(l, dtype=jnp.int32)[None]
+  global_BLL, chunked_BLL = self_attention_masks(positions_BL, jnp.ones((1, l), jnp.int32), c)
+  for p in (c, 2 * c):
+    assert np.asarray(chunked_BLL[0, p]).nonzero()[0].tolist() == [p]
+    assert int(np.asarray(global_BLL[0, p]).sum()) == p + 1
+  # The last token of a chunk sees its whole chunk; chunks are fixed blocks, not a sliding window.
+  assert np.asarray(chunked_BLL[0, 2 * c - 1]).nonzero()[0].tolist() == list(range(c, 2 * c))
+  assert np.asarray(chunked_BLL[0, 2 * c + 2]).nonzero()[0].tolist() == [2 * c, 2 * c + 1, 2 * c + 2]
+
+
+def test_chunks_align_to_each_document_start():
+  # Second document starts at slot 5; its position C (slot 5 + C) must see only itself.
+  c = 4
+  segments_L, positions_L = _packed_row((5, 2 * c + 1))
+  _, chunked_BLL = self_attention_masks(jnp.asarray(positions_L[None]), jnp.asarray(segments_L[None]), c)
+  assert np.asarray(chunked_BLL[0, 5 + c]).nonzero()[0].tolist() == [5 + c]
+  assert np.asarray(chunked_BLL[0, 5 + c - 1]).nonzero()[0].tolist() == list(range(5, 5 + c))
+
+
+def test_temperature_scale_sample_values():
+  p = np.array([0, 100, 8190, 8191, 16383, 65535, 131071, 1048575, 10485759], np.int32)
+  scale = np.asarray(temperature_scale(jnp.asarray(p[None]), 8192.0, 0.1))[0]
+  assert scale.dtype == np.float32
+  expected = 1 + 0.1 * np.log(np.floor((p.astype(np.float64) + 1) / 8192) + 1)
+  np.testing.assert_allclose(scale, expected, rtol=1e-6)
+  # Rounded sample values quoted in spec 4.7.
+  quoted = {8190: 1.0, 8191: 1.0693, 16383: 1.110, 65535: 1.220, 131071: 1.283, 1048575: 1.486, 10485759: 1.716}
+  for pos, value in quoted.items():
+    assert abs(scale[p.tolist().index(pos)] - value) < 1e-3, pos
+  np.testing.assert_allclose(scale[3], 1 + 0.1 * math.log(2), rtol=1e-6)
+
+
+def test_temperature_scale_is_identity_below_floor():
+  scale = np.asarray(temperature_scale(jnp.arange(8191, dtype=jnp.int32)[None], 8192.0, 0.1))
+  assert np.all(scale == 1.0)
+
+
+def _naive_attention(q_BLHK, k_BSGK, v_BSGK, mask_BLS, scale):
+  b, l, h, kd = q_BLHK.shape
+  g = k_BSGK.shape[2]
+  out = np.zeros((b, l, h, kd))
+  for bi in range(b):
+    for hi in range(h):
+      gi = hi // (h // g)  # consecutive groups of H/G query heads share a KV head
+      for i in range(l):
+        allowed = mask_BLS[bi, i]
+        if not allowed.any():
+          continue
+        logits = np.array([q_BLHK[bi, i, hi] @ k_BSGK[bi, s, gi] for s in range(k_BSGK.shape[1])]) * scale
+        logits = np.where(allowed, logits, -np.inf)
+        w = np.exp(logits - logits.max())
+        w /= w.sum()
+        out[bi, i, hi] = w @ v_BSGK[bi, :, gi]
+  return out
+
+
+_attention = jax.jit(dot_product_attention, static_argnums=4)  # one compile instead of one per primitive
+
+
+@pytest.mark.parametrize("h, g", [(6, 2), (4, 4), (6, 1)])
+def test_dot_product_attention_matches_naive_gqa(h, g):
+  rs = np.random.RandomState(h * 10 + g)
+  b, l, s, kd = 2, 4, 6, 8
+  q = rs.randn(b, l, h, kd).astype(np.float32)
+  k = rs.randn(b, s, g, kd).astype(np.float32)
+  v = rs.randn(b, s, g, kd).astype(np.float32)
+  mask = rs.rand(b, l, s) < 0.6
+  mask[..., 0] = True  # every row sees something
+  out = np.asarray(_attention(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v), jnp.asarray(mask), kd ** -0.5))
+  assert out.shape == (b, l, h, kd) and out.dtype == np.float32
+  np.testing.assert_allclose(out, _naive_attention(q, k, v, mask, kd ** -0.5), rtol=1e-5, atol=1e-5)
+
+
+def test_fully_masked_row_gives_no_nan():
+  rs = np.random.RandomState(3)
+  b, l, h, g, kd = 1, 5, 4, 2, 8
+  q = rs.randn(b, l, h, kd).astype(np.float32)
+  k = rs.randn(b, l, g, kd).astype(np.float32)
+  v = rs.randn(b, l, g, kd).astype(np.float32)
+  mask = np.tril(np.ones((l, l), bool))[None].copy()
+  mask[0, 2] = False  # a padding row: sees nothing
+  out = np.asarray(_attention(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v), jnp.asarray(mask), kd ** -0.5))
+  assert np.all(np.isfinite(out))
+  rows = [0, 1, 3, 4]
+  np.testing.assert_allclose(out[:, rows], _naive_attention(q, k, v, mask, kd ** -0.5)[:, rows], rtol=1e-5,
+                             atol=1e-5)

@@ -1,0 +1,154 @@
+"""MoE routing and dispatch (spec section 3): sigmoid top-k, score on the expert input, sort == dense oracle."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from llama4_jax.ops.moe import load_statistics, moe_dense, moe_sort, route, sort_assignments
+
+
+def _weights(rs, e, d, f, scale=0.5):
+  return tuple(jnp.asarray(scale * rs.randn(*shape).astype(np.float32)) for shape in ((e, d, f), (e, d, f), (e, f, d)))
+
+
+def _silu(x):
+  return x / (1 + np.exp(-x))
+
+
+def test_route_picks_top_k_logits_and_sigmoid_scores():
+  rs = np.random.RandomState(0)
+  t, d, e, k = 9, 8, 5, 2
+  x_TD = rs.randn(t, d).astype(np.float32)
+  router_DE = rs.randn(d, e).astype(np.float32)
+  scores_TK, experts_TK, logits_TE = route(jnp.asarray(x_TD), jnp.asarray(router_DE), k)
+  logits = x_TD.astype(np.float64) @ router_DE.astype(np.float64)
+  np.testing.assert_allclose(np.asarray(logits_TE), logits, rtol=1e-5, atol=1e-5)
+  expected_experts = np.argsort(-logits, axis=1)[:, :k]
+  np.testing.assert_array_equal(np.asarray(experts_TK), expected_experts)
+  assert experts_TK.dtype == jnp.int32
+  top = np.take_along_axis(logits, expected_experts, axis=1)
+  np.testing.assert_allclose(np.asarray(scores_TK), 1 / (1 + np.exp(-top)), rtol=1e-5, atol=1e-6)
+  # No renormalisation over the chosen k: the scores of a token do not sum to 1.
+  assert np.all(np.abs(np.asarray(scores_TK).sum(-1) - 1) > 1e-3)
+
+
+def test_route_top1_score_is_not_renormalised():
+  rs = np.random.RandomState(1)
+  x_TD = jnp.asarray(rs.randn(16, 4).astype(np.float32))
+  scores_TK, _, logits_TE = route(x_TD, jnp.asarray(rs.randn(4, 3).astype(np.float32)), 1)
+  # A softmax-then-renormalise router would give exactly 1 for top-1.
+  assert np.all(np.asarray(scores_TK) < 1.0)
+  np.testing.assert_allclose(np.asarray(scores_TK)[:, 0], np.asarray(jax.nn.sigmoid(logits_TE.max(-1))), rtol=1e-6)
+
+
+@functools.partial(jax.jit, static_argnums=6)
+def _sort_and_dense(x_TD, router_DE, gate, up, down, w_TD, k):
+  """Routed output and its VJP (cotangent w_TD) w.r.t. x, router and expert weights, for both dispatch paths."""
+  out = {}
+  for name, impl in (("sort", moe_sort), ("dense", moe_dense)):
+    def moe(x, router, g, u, d, impl=impl):
+      scores_TK, experts_TK, _ = route(x, router, k)
+      return impl(x, scores_TK, experts_TK, g, u, d)
+
+    fwd, pullback = jax.vjp(moe, x_TD, router_DE, gate, up, down)
+    out[name] = (fwd, pullback(w_TD))
+  return out
+
+
+@pytest.mark.parametrize("e, k", [(1, 1), (3, 1), (3, 2), (8, 1), (8, 2), (16, 1), (16, 2)])
+def test_sort_equals_dense_forward_and_gradients(e, k):
+  rs = np.random.RandomState(e * 10 + k)
+  t, d, f = 12, 8, 6
+  x_TD = jnp.asarray(rs.randn(t, d).astype(np.float32))
+  router_DE = jnp.asarray(rs.randn(d, e).astype(np.float32))
+  gate, up, down = _weights(rs, e, d, f)
+  w_TD = jnp.asarray(rs.randn(t, d).astype(np.float32))
+  out = _sort_and_dense(x_TD, router_DE, gate, up, down, w_TD, k)
+  (fwd_sort, grads_sort), (fwd_dense, grads_dense) = out["sort"], out["dense"]
+  assert fwd_sort.shape == (t, d)
+  np.testing.assert_allclose(np.asarray(fwd_sort), np.asarray(fwd_dense), rtol=1e-5, atol=1e-5)
+  for name, gs, gd in zip(("x", "router", "gate", "up", "down"), grads_sort, grads_dense):
+    np.testing.assert_allclose(np.asarray(gs), np.asarray(gd), rtol=1e-4, atol=1e-4, err_msg=name)
+  assert float(jnp.abs(grads_sort[1]).max()) > 0  # the router gets a gradient through the score
+  if e == 16:  # 12 tokens x k slots cannot cover 16 experts
+    _, experts_TK, _ = route(x_TD, router_DE, k)
+    assert (np.bincount(np.asarray(experts_TK).ravel(), minlength=e) == 0).any()
+
+
+def test_sort_equals_dense_with_empty_groups():
+  # Every token goes to experts 2 and 5 of 8: empty groups before, between and after the used ones.
+  rs = np.random.RandomState(4)
+  t, d, f, e = 10, 8, 6, 8
+  x_TD = jnp.asarray(rs.randn(t, d).astype(np.float32))
+  first_T = np.where(np.arange(t) % 3 == 0, 5, 2)
+  experts_TK = jnp.asarray(np.stack([first_T, 7 - first_T], 1).astype(np.int32))
+  scores_TK = jnp.asarray(rs.rand(t, 2).astype(np.float32))
+  gate, up, down = _weights(rs, e, d, f)
+  w_TD = jnp.asarray(rs.randn(t, d).astype(np.float32))
+  _, _, group_sizes_E = sort_assignments(experts_TK, e)
+  assert np.asarray(group_sizes_E).tolist() == [0, 0, t, 0, 0, t, 0, 0]
+
+  @jax.jit
+  def both(x, scores, g, u, d):
+    results = []
+    for impl in (moe_sort, moe_dense):  # VJP w.r.t. x, scores, gate, up, down; the expert ids are fixed
+      fwd, pullback = jax.vjp(lambda *a, impl=impl: impl(a[0], a[1], experts_TK, *a[2:]), x, scores, g, u, d)
+      results.append((fwd, pullback(w_TD)))
+    return results
+
+  (fwd_sort, grads_sort), (fwd_dense, grads_dense) = both(x_TD, scores_TK, gate, up, down)
+  np.testing.assert_allclose(np.asarray(fwd_sort), np.asarray(fwd_dense), rtol=1e-5, atol=1e-5)
+  for name, gs, gd in zip(("x", "scores", "gate", "up", "down"), grads_sort, grads_dense):
+    np.testing.assert_allclose(np.asarray(gs), np.asarray(gd), rtol=1e-4, atol=1e-4, err_msg=name)
+  unused = [0, 1, 3, 4, 6, 7]
+  for g in grads_sort[2:]:
+    assert np.all(np.asarray(g)[unused] == 0)
+    assert np.abs(np.asarray(g)[[2, 5]]).max() > 0
+
+
+def test_score_scales_the_expert_input_not_its_output():
+  rs = np.random.RandomState(5)
+  t, d, f, e = 7, 8, 6, 3
+  x_TD = rs.randn(t, d).astype(np.float32)
+  router_DE = rs.randn(d, e).astype(np.float32)
+  gate, up, down = _weights(rs, e, d, f, scale=1.0)
+  scores_TK, experts_TK, _ = route(jnp.asarray(x_TD), jnp.asarray(router_DE), 1)
+  s_T, e_T = np.asarray(scores_TK)[:, 0].astype(np.float64), np.asarray(experts_TK)[:, 0]
+  g, u, dn = (np.asarray(w, np.float64) for w in (gate, up, down))
+  on_input = np.zeros((t, d))
+  on_output = np.zeros((t, d))
+  for i in range(t):
+    xs = s_T[i] * x_TD[i]
+    on_input[i] = (_silu(xs @ g[e_T[i]]) * (xs @ u[e_T[i]])) @ dn[e_T[i]]
+    on_output[i] = s_T[i] * ((_silu(x_TD[i] @ g[e_T[i]]) * (x_TD[i] @ u[e_T[i]])) @ dn[e_T[i]])
+  both = jax.jit(lambda *a: (moe_sort(*a), moe_dense(*a)))(jnp.asarray(x_TD), scores_TK, experts_TK, gate, up, down)
+  for out in both:
+    out = np.asarray(out)
+    np.testing.assert_allclose(out, on_input, rtol=1e-5, atol=1e-5)
+    assert np.abs(out - on_output).max() > 1e-2  # SwiGLU is not homogeneous, so the placement matters
+
+
+def test_load_statistics_fractions_sum_to_one_and_ignore_invalid_tokens():
+  rs = np.random.RandomState(6)
+  t, e, k = 10, 4, 2
+  logits_TE = rs.randn(t, e).astype(np.float32)
+  experts_TK = np.stack([rs.permutation(e)[:k] for _ in range(t)]).astype(np.int32)
+  valid_T = np.array([1, 1, 0, 1, 1, 1, 0, 0, 1, 1], bool)
+  stats = load_statistics(jnp.asarray(logits_TE), jnp.asarray(experts_TK), jnp.asarray(valid_T))
+  fraction_E, prob_E = np.asarray(stats["expert_fraction"]), np.asarray(stats["router_prob"])
+  np.testing.assert_allclose(fraction_E.sum(), 1.0, rtol=1e-6)
+  np.testing.assert_allclose(prob_E.sum(), 1.0, rtol=1e-6)
+  counts = np.bincount(experts_TK[valid_T].ravel(), minlength=e)
+  np.testing.assert_allclose(fraction_E, counts / counts.sum(), rtol=1e-6)
+  softmax = np.exp(logits_TE) / np.exp(logits_TE).sum(-1, keepdims=True)
+  np.testing.assert_allclose(prob_E, softmax[valid_T].mean(0), rtol=1e-5)
+  # Whatever the invalid (padding) tokens route to or score, the statistics do not move.
+  experts2, logits2 = experts_TK.copy(), logits_TE.copy()
+  experts2[~valid_T] = np.array([3, 2])
+  logits2[~valid_T] = 50.0 * rs.randn((~valid_T).sum(), e)
+  stats2 = load_statistics(jnp.asarray(logits2), jnp.asarray(experts2), jnp.asarray(valid_T))
+  np.testing.assert_allclose(np.asarray(stats2["expert_fraction"]), fraction_E, rtol=1e-6)
+  np.testing.assert_allclose(np.asarray(stats2["router_prob"]), prob_E, rtol=1e-6)

@@ -1,0 +1,124 @@
+"""Train step: gradient accumulation, non-finite skipping, packing isolation in the loss, optimizer pieces."""
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import pytest
+
+from configs import base
+from llama4_jax.model import init_params
+from llama4_jax.train import optimizer as opt
+from llama4_jax.train.step import LossConfig, init_state, loss_and_grads, sums, train_step
+from tests.conftest import tiny_config
+
+
+def _batch(cfg, b=4, l=16, seed=0):
+  rs = np.random.RandomState(seed)
+  seg = np.ones((b, l), np.int32)
+  seg[:, l // 2:] = 2  # two documents per row
+  pos = np.concatenate([np.arange(l // 2), np.arange(l - l // 2)])[None].repeat(b, 0).astype(np.int32)
+  mask = np.ones((b, l), np.int32)
+  mask[-1, -3:] = 0
+  seg[-1, -3:] = 0
+  return {"inputs": rs.randint(0, cfg.vocab_size, (b, l)).astype(np.int32),
+          "targets": rs.randint(0, cfg.vocab_size, (b, l)).astype(np.int32), "positions": pos,
+          "segment_ids": seg, "loss_mask": mask}
+
+
+def test_gradient_accumulation_equals_large_batch():
+  cfg = tiny_config()
+  params = init_params(cfg, jax.random.key(0))
+  batch = _batch(cfg)
+  s1, _, g1 = loss_and_grads(params, batch, cfg, LossConfig(1, 1e-3, 0.0))
+  s2, _, g2 = loss_and_grads(params, batch, cfg, LossConfig(2, 1e-3, 0.0))
+  s4, _, g4 = loss_and_grads(params, batch, cfg, LossConfig(4, 1e-3, 0.0))
+  for s in (s2, s4):
+    np.testing.assert_allclose(s["ce"], s1["ce"], rtol=1e-5)
+  for g in (g2, g4):
+    jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7), g, g1)
+
+
+def test_packed_documents_do_not_affect_each_others_loss():
+  cfg = tiny_config()
+  params = init_params(cfg, jax.random.key(1))
+  batch = {k: v[:1] for k, v in _batch(cfg, b=1, l=20).items()}
+  batch["loss_mask"][:] = 1
+  batch["segment_ids"][:] = np.repeat([[1, 2]], 10, axis=1)
+  batch["positions"][:] = np.tile(np.arange(10), 2)
+  first = {k: v[:, :10] for k, v in batch.items()}
+  second = {k: v[:, 10:] for k, v in batch.items()}
+  packed = sums(params, batch, cfg, 0.0, 0.0)[0]["ce"]
+  alone = sums(params, first, cfg, 0.0, 0.0)[0]["ce"] + sums(params, second, cfg, 0.0, 0.0)[0]["ce"]
+  np.testing.assert_allclose(packed, alone, rtol=1e-5)
+  # Changing document 1's tokens leaves document 2's loss unchanged.
+  changed = dict(batch, inputs=batch["inputs"].copy())
+  changed["inputs"][0, :10] = (changed["inputs"][0, :10] + 7) % cfg.vocab_size
+  only_second = dict(changed, loss_mask=np.concatenate([np.zeros((1, 10)), np.ones((1, 10))], 1).astype(np.int32))
+  ref_second = dict(batch, loss_mask=only_second["loss_mask"])
+  np.testing.assert_allclose(sums(params, only_second, cfg, 0.0, 0.0)[0]["ce"],
+                             sums(params, ref_second, cfg, 0.0, 0.0)[0]["ce"], rtol=1e-6)
+
+
+def _optim(**kw):
+  c = base.optim_config()
+  c.update(kw)
+  return c
+
+
+def test_nonfinite_update_is_skipped_and_counted():
+  cfg = tiny_config()
+  params = init_params(cfg, jax.random.key(0))
+  tx, schedule = opt.make_optimizer(_optim(warmup_steps=0), params, 10)
+  state = init_state(params, tx)
+  bad = jax.tree_util.tree_map(lambda x: x, params)
+  bad["embed"] = bad["embed"].at[0, 0].set(jnp.nan)
+  bad_state = state.replace(params=bad)
+  batch = _batch(cfg)
+  batch["inputs"][0, 0] = 0  # reads the NaN row
+  new, metrics = train_step(bad_state, batch, jax.random.key(0), model_cfg=cfg, train_cfg=LossConfig(), tx=tx,
+                            schedule=schedule)
+  assert int(metrics["skipped"]) == 1 and int(new.nonfinite_in_a_row) == 1 and int(new.nonfinite_total) == 1
+  jax.tree_util.tree_map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
+                         new.params, bad_state.params)
+  good, metrics = train_step(state, _batch(cfg), jax.random.key(0), model_cfg=cfg, train_cfg=LossConfig(), tx=tx,
+                             schedule=schedule)
+  assert int(metrics["skipped"]) == 0 and int(good.step) == 1
+  assert not np.array_equal(np.asarray(good.params["embed"]), np.asarray(params["embed"]))
+
+
+def test_weight_decay_mask_and_lr_multipliers():
+  cfg = tiny_config()
+  params = init_params(cfg, jax.random.key(0))
+  paths = opt.param_paths(params)
+  assert paths["blocks"]["layer_1"]["moe"]["gate"] == "blocks/layer_1/moe/gate"
+  mask = opt.weight_decay_mask(params, ("norm", "^embed$"))
+  assert mask["blocks"]["layer_0"]["attn"]["q"] and not mask["final_norm"]["scale"] and not mask["embed"]
+  mult = opt.lr_multiplier_tree(params, (("moe/(gate|up|down)$", 0.5), ("layer_1", 2.0)))
+  assert mult["blocks"]["layer_1"]["moe"]["gate"] == 1.0 and mult["blocks"]["layer_3"]["moe"]["up"] == 0.5
+  assert mult["blocks"]["layer_1"]["attn"]["q"] == 2.0 and mult["embed"] == 1.0
+  # The multiplier scales the whole AdamW update of the matched leaves.
+  config = _optim(warmup_steps=0, schedule="constant", clip_norm=0.0)
+  tx1, _ = opt.make_optimizer(config, params, 10)
+  config.lr_multipliers = (("^lm_head$", 0.25),)
+  tx2, _ = opt.make_optimizer(config, params, 10)
+  grads = jax.tree_util.tree_map(jnp.ones_like, params)
+  u1, _ = tx1.update(grads, tx1.init(params), params)
+  u2, _ = tx2.update(grads, tx2.init(params), params)
+  np.testing.assert_allclose(u2["lm_head"], 0.25 * u1["lm_head"], rtol=1e-6)
+  np.testing.assert_allclose(u2["embed"], u1["embed"], rtol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["cosine", "wsd", "constant"])
+def test_schedules_warm_up_then_decay(kind):
+  s = opt.learning_rate_schedule(1.0, 100, 10, kind, min_ratio=0.1, decay_fraction=0.2)
+  assert float(s(0)) == 0.0 and abs(float(s(5)) - 0.5) < 1e-6 and abs(float(s(10)) - 1.0) < 1e-6
+  if kind == "cosine":
+    assert 0.1 <= float(s(99)) < 0.2 and float(s(50)) < 1.0
+  elif kind == "wsd":
+    assert float(s(50)) == 1.0 and float(s(81)) == 1.0 and float(s(83)) < 1.0 and abs(float(s(100)) - 0.1) < 1e-6
+  else:
+    assert float(s(99)) == 1.0
+  with pytest.raises(ValueError, match="optim.schedule"):
+    opt.learning_rate_schedule(1.0, 100, 10, "linear")
