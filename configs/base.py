@@ -23,7 +23,7 @@ def optim_config():
   return ml_collections.ConfigDict(dict(
       learning_rate=3e-3, warmup_steps=20, schedule="cosine", min_lr_ratio=0.1, decay_fraction=0.2,
       b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1, weight_decay_exclude=("norm",), clip_norm=1.0,
-      lr_multipliers=(),  # ((regex on parameter path, factor), ...), e.g. (("moe/(gate|up|down)$", 0.5),)
+      lr_multipliers=(),  # ((regex on parameter path, factor), ...), e.g. (("moe/(gate_up|down)$", 0.5),)
   ))
 
 

@@ -29,7 +29,8 @@ def base_model():
       attn_temperature_tuning=True, floor_scale=8192.0, attn_scale=0.1, rope_theta=500000.0,
       rope_scaling=_llama3_scaling(False), rms_norm_eps=1e-5, max_position_embeddings=262144,
       initializer_range=0.02, bos_token_id=200000, eos_token_id=200001, pad_token_id=200018,
-      dtype="float32", param_dtype="float32", remat_policy="none", moe_impl="sort", vision=_vision(False)))
+      dtype="float32", param_dtype="float32", remat_policy="none", scan_unroll=1, moe_impl="sort",
+      vision=_vision(False)))
 
 
 def tiny():
@@ -39,7 +40,9 @@ def tiny():
                 head_dim=64, intermediate_size=512, intermediate_size_mlp=1024, num_local_experts=8,
                 num_experts_per_tok=1, interleave_moe_layer_step=2, no_rope_layer_interval=4, attention_chunk_size=64,
                 use_qk_norm=True, attn_temperature_tuning=True, floor_scale=64.0, attn_scale=0.1,
-                max_position_embeddings=4096, bos_token_id=0, eos_token_id=1, pad_token_id=2))
+                max_position_embeddings=4096, bos_token_id=3840, eos_token_id=3841, pad_token_id=3858,
+                # CPU-friendly execution: block-padded expert matmuls, both super-blocks unrolled.
+                moe_impl="blocked", scan_unroll=2))
   m.rope_scaling = _llama3_scaling(True)
   return m
 

@@ -14,7 +14,7 @@ from typing import Any, Mapping
 
 DTYPES = ("float32", "bfloat16", "float16")
 REMAT_POLICIES = ("none", "full", "dots", "dots_with_no_batch_dims")
-MOE_IMPLS = ("sort", "dense")
+MOE_IMPLS = ("sort", "blocked", "dense")
 ROPE_TYPES = ("default", "llama3")
 
 
@@ -85,7 +85,7 @@ class ModelConfig:
   dtype: str = "float32"  # activation / matmul dtype
   param_dtype: str = "float32"  # storage dtype of the parameters
   remat_policy: str = "none"
-  scan_layers: bool = True
+  scan_unroll: int = 1  # super-blocks per scan iteration; > 1 trades compile time for less loop overhead
   moe_impl: str = "sort"
   vision: VisionConfig | None = None
 
@@ -150,6 +150,8 @@ def validate(cfg: ModelConfig) -> None:
   if cfg.attention_chunk_size is not None and (
       not isinstance(cfg.attention_chunk_size, int) or cfg.attention_chunk_size <= 0):
     raise ConfigError(f"model.attention_chunk_size must be a positive integer or None, got {cfg.attention_chunk_size!r}")
+  if not isinstance(cfg.scan_unroll, int) or cfg.scan_unroll < 1:
+    raise ConfigError(f"model.scan_unroll must be a positive integer, got {cfg.scan_unroll!r}")
   if cfg.attn_scale < 0:
     raise ConfigError(f"model.attn_scale must be >= 0, got {cfg.attn_scale!r}")
   for name, allowed in (("dtype", DTYPES), ("param_dtype", DTYPES), ("remat_policy", REMAT_POLICIES),

@@ -1,7 +1,8 @@
 """`load_hf` / `save_hf`: Hugging Face Llama4ForCausalLM safetensors directories <-> (ModelConfig, params).
 
 Layouts: HF linear weights are [out, in]; ours are input-major and split per head ([D, H, K] for q). HF's fused
-expert tensors are already input-major: `gate_up_proj` [E, D, 2F] (gate first) and `down_proj` [E, F, D]. Our
+expert tensors are already input-major: `gate_up_proj` [E, D, 2F] (gate first) and `down_proj` [E, F, D]; our
+SwiGLU weights keep gate and up together as [..., D, 2, F]. Our
 scanned layers are stacked: global layer i lives at blocks/layer_{i % block_size}[i // block_size].
 """
 
@@ -22,7 +23,8 @@ from llama4_jax.convert import safetensors_io as st
 from llama4_jax.convert.hf_config import config_from_hf, config_to_hf
 from llama4_jax.convert.safetensors_io import CheckpointError
 
-# One entry per tensor kind: (HF suffix, our path inside a layer, HF -> ours, ours -> HF). `cfg` gives head counts.
+# One entry per HF tensor: (HF suffix, our path inside a layer, slot, HF -> ours, ours -> HF). `slot` selects the
+# gate (0) or up (1) half of our fused [D, 2, F] SwiGLU weight; None means the whole leaf.
 Transform = Callable[[np.ndarray, ModelConfig], np.ndarray]
 
 
@@ -37,22 +39,32 @@ def _heads_out(w, c):
 _T = lambda w, c: w.T  # noqa: E731
 _ID = lambda w, c: w  # noqa: E731
 
+
+def _swiglu_entries(hf_prefix: str, ours: tuple[str, ...]):
+  return [(f"{hf_prefix}.gate_proj.weight", ours + ("gate_up",), 0, _T, _T),
+          (f"{hf_prefix}.up_proj.weight", ours + ("gate_up",), 1, _T, _T),
+          (f"{hf_prefix}.down_proj.weight", ours + ("down",), None, _T, _T)]
+
+
 _ATTN = [
-    ("self_attn.q_proj.weight", ("attn", "q"), _heads_in("num_attention_heads"), _heads_out),
-    ("self_attn.k_proj.weight", ("attn", "k"), _heads_in("num_key_value_heads"), _heads_out),
-    ("self_attn.v_proj.weight", ("attn", "v"), _heads_in("num_key_value_heads"), _heads_out),
-    ("self_attn.o_proj.weight", ("attn", "o"),
+    ("self_attn.q_proj.weight", ("attn", "q"), None, _heads_in("num_attention_heads"), _heads_out),
+    ("self_attn.k_proj.weight", ("attn", "k"), None, _heads_in("num_key_value_heads"), _heads_out),
+    ("self_attn.v_proj.weight", ("attn", "v"), None, _heads_in("num_key_value_heads"), _heads_out),
+    ("self_attn.o_proj.weight", ("attn", "o"), None,
      lambda w, c: w.T.reshape(c.num_attention_heads, c.head_dim, c.hidden_size),
      lambda w, c: w.reshape(-1, c.hidden_size).T),
-    ("input_layernorm.weight", ("attn_norm", "scale"), _ID, _ID),
-    ("post_attention_layernorm.weight", ("ffn_norm", "scale"), _ID, _ID),
+    ("input_layernorm.weight", ("attn_norm", "scale"), None, _ID, _ID),
+    ("post_attention_layernorm.weight", ("ffn_norm", "scale"), None, _ID, _ID),
 ]
-_DENSE = [(f"feed_forward.{n}_proj.weight", ("mlp", n), _T, _T) for n in ("gate", "up", "down")]
+_DENSE = _swiglu_entries("feed_forward", ("mlp",))
 _MOE = [
-    ("feed_forward.router.weight", ("moe", "router"), _T, _T),
-    ("feed_forward.experts.down_proj", ("moe", "down"), _ID, _ID),
-] + [(f"feed_forward.shared_expert.{n}_proj.weight", ("moe", "shared", n), _T, _T) for n in ("gate", "up", "down")]
-_GATE_UP = "feed_forward.experts.gate_up_proj"  # split into ("moe","gate") and ("moe","up")
+    ("feed_forward.router.weight", ("moe", "router"), None, _T, _T),
+    # HF's fused experts are input-major [E, D, 2F] with the gate in the first F columns: a reshape away from ours.
+    ("feed_forward.experts.gate_up_proj", ("moe", "gate_up"), None,
+     lambda w, c: w.reshape(c.num_local_experts, c.hidden_size, 2, c.intermediate_size),
+     lambda w, c: w.reshape(c.num_local_experts, c.hidden_size, 2 * c.intermediate_size)),
+    ("feed_forward.experts.down_proj", ("moe", "down"), None, _ID, _ID),
+] + _swiglu_entries("feed_forward.shared_expert", ("moe", "shared"))
 
 
 def _layer_entries(cfg: ModelConfig, j: int):
@@ -63,9 +75,12 @@ def _expected_keys(cfg: ModelConfig) -> set[str]:
   keys = {"model.embed_tokens.weight", "model.norm.weight", "lm_head.weight"}
   for i in range(cfg.num_hidden_layers):
     keys |= {f"model.layers.{i}.{suffix}" for suffix, *_ in _layer_entries(cfg, i % cfg.block_size)}
-    if cfg.is_moe_layer(i):
-      keys.add(f"model.layers.{i}.{_GATE_UP}")
   return keys
+
+
+def _slot(leaf, slot):
+  """The part of one layer's leaf an HF tensor maps to (a view, so writes land in the leaf)."""
+  return leaf if slot is None else leaf[..., slot, :]
 
 
 class _TensorIndex:
@@ -144,19 +159,12 @@ def load_hf(path: str, param_dtype: str = "float32", **config_overrides) -> tupl
   for i in range(cfg.num_hidden_layers):
     b, j = divmod(i, cfg.block_size)
     layer = params["blocks"][f"layer_{j}"]
-    for suffix, ours, to_ours, to_hf in _layer_entries(cfg, j):
+    for suffix, ours, slot, to_ours, to_hf in _layer_entries(cfg, j):
       key = f"model.layers.{i}.{suffix}"
-      target = _leaf(layer, ours)
+      target = _slot(_leaf(layer, ours)[b], slot)
       raw = index.get(key)
-      _check_shape(raw, _hf_shape(to_hf, target.shape[1:], cfg), key, index.files[key])
-      put(target[b], to_ours(raw, cfg), key)
-    if cfg.is_moe_layer(i):
-      key = f"model.layers.{i}.{_GATE_UP}"
-      gate_up = index.get(key)
-      f = cfg.intermediate_size
-      _check_shape(gate_up, (cfg.num_local_experts, cfg.hidden_size, 2 * f), key, index.files[key])
-      put(layer["moe"]["gate"][b], gate_up[..., :f], key)
-      put(layer["moe"]["up"][b], gate_up[..., f:], key)
+      _check_shape(raw, _hf_shape(to_hf, target.shape, cfg), key, index.files[key])
+      put(target, to_ours(raw, cfg), key)
   return cfg, params
 
 
@@ -180,10 +188,8 @@ def hf_state_dict(cfg: ModelConfig, params, dtype=np.float32) -> dict[str, np.nd
   for i in range(cfg.num_hidden_layers):
     b, j = divmod(i, cfg.block_size)
     layer = params["blocks"][f"layer_{j}"]
-    for suffix, ours, _, to_hf in _layer_entries(cfg, j):
-      out[f"model.layers.{i}.{suffix}"] = to_hf(_leaf(layer, ours)[b], cfg)
-    if cfg.is_moe_layer(i):
-      out[f"model.layers.{i}.{_GATE_UP}"] = np.concatenate([layer["moe"]["gate"][b], layer["moe"]["up"][b]], -1)
+    for suffix, ours, slot, _, to_hf in _layer_entries(cfg, j):
+      out[f"model.layers.{i}.{suffix}"] = to_hf(_slot(_leaf(layer, ours)[b], slot), cfg)
   return {k: np.ascontiguousarray(v).astype(dtype) for k, v in out.items()}
 
 

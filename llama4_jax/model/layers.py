@@ -50,8 +50,8 @@ class MLP(nn.Module):
   @nn.compact
   def __call__(self, x_BLD):
     cfg, d = self.cfg, x_BLD.shape[-1]
-    gate = declare(self, "gate", (d, self.width), ("embed", self.axis), cfg).astype(x_BLD.dtype)
-    up = declare(self, "up", (d, self.width), ("embed", self.axis), cfg).astype(x_BLD.dtype)
+    # gate and up stored together ([D, 2, F]): one matmul, and on CPU a much cheaper backward than two.
+    gate_up = declare(self, "gate_up", (d, 2, self.width), ("embed", None, self.axis), cfg).astype(x_BLD.dtype)
     down = declare(self, "down", (self.width, d), (self.axis, "embed"), cfg).astype(x_BLD.dtype)
-    h = jax.nn.silu(x_BLD @ gate) * (x_BLD @ up)
-    return h @ down
+    h = jnp.einsum("bld,dcf->blcf", x_BLD, gate_up)
+    return (jax.nn.silu(h[..., 0, :]) * h[..., 1, :]) @ down

@@ -19,12 +19,12 @@ class MoE(nn.Module):
     b, l, d = x_BLD.shape
     e, f, dt = cfg.num_local_experts, cfg.intermediate_size, x_BLD.dtype
     router = declare(self, "router", (d, e), ("embed", None), cfg)
-    gate = declare(self, "gate", (e, d, f), ("experts", "embed", "expert_mlp"), cfg).astype(dt)
-    up = declare(self, "up", (e, d, f), ("experts", "embed", "expert_mlp"), cfg).astype(dt)
+    # [E, D, 2, F]: gate and up of each expert side by side, HF's fused `gate_up_proj` layout.
+    gate_up = declare(self, "gate_up", (e, d, 2, f), ("experts", "embed", None, "expert_mlp"), cfg).astype(dt)
     down = declare(self, "down", (e, f, d), ("experts", "expert_mlp", "embed"), cfg).astype(dt)
     x_TD = x_BLD.reshape(b * l, d)
     scores_TK, experts_TK, logits_TE = moe_ops.route(x_TD, router, cfg.num_experts_per_tok)
-    routed_TD = moe_ops.DISPATCH[cfg.moe_impl](x_TD, scores_TK, experts_TK, gate, up, down)
+    routed_TD = moe_ops.DISPATCH[cfg.moe_impl](x_TD, scores_TK, experts_TK, gate_up, down)
     shared_BLD = MLP(cfg, cfg.intermediate_size, axis="expert_mlp", name="shared")(x_BLD)
     stats = moe_ops.load_statistics(logits_TE, experts_TK, valid_BL.reshape(-1))
     return shared_BLD + routed_TD.reshape(b, l, d).astype(dt), stats

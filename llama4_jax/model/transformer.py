@@ -71,7 +71,7 @@ class Transformer(nn.Module):
       block = nn.remat(block, policy=REMAT_POLICIES[cfg.remat_policy], prevent_cse=False)
     blocks = nn.scan(
         block, variable_axes={"params": 0}, split_rngs={"params": True}, in_axes=nn.broadcast,
-        length=cfg.num_blocks, metadata_params={nn.PARTITION_NAME: "layers"})(cfg, name="blocks")
+        length=cfg.num_blocks, unroll=cfg.scan_unroll, metadata_params={nn.PARTITION_NAME: "layers"})(cfg, name="blocks")
     b, l = tokens_BL.shape
     if positions_BL is None:
       positions_BL = jnp.broadcast_to(jnp.arange(l, dtype=jnp.int32), (b, l))

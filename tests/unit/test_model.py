@@ -33,10 +33,10 @@ def _expected_shapes(cfg):
     layer = {"attn": {"q": (nb, d, h, k), "k": (nb, d, g, k), "v": (nb, d, g, k), "o": (nb, h, k, d)},
              "attn_norm": {"scale": (nb, d)}, "ffn_norm": {"scale": (nb, d)}}
     if cfg.is_moe_layer(j):
-      layer["moe"] = {"router": (nb, d, e), "gate": (nb, e, d, f), "up": (nb, e, d, f), "down": (nb, e, f, d),
-                      "shared": {"gate": (nb, d, f), "up": (nb, d, f), "down": (nb, f, d)}}
+      layer["moe"] = {"router": (nb, d, e), "gate_up": (nb, e, d, 2, f), "down": (nb, e, f, d),
+                      "shared": {"gate_up": (nb, d, 2, f), "down": (nb, f, d)}}
     else:
-      layer["mlp"] = {"gate": (nb, d, fm), "up": (nb, d, fm), "down": (nb, fm, d)}
+      layer["mlp"] = {"gate_up": (nb, d, 2, fm), "down": (nb, fm, d)}
     blocks[f"layer_{j}"] = layer
   return {"blocks": blocks, "embed": (v, d), "final_norm": {"scale": (d,)}, "lm_head": (d, v)}
 
@@ -61,7 +61,7 @@ def test_init_params_values():
   np.testing.assert_array_equal(np.asarray(params["final_norm"]["scale"]), 1.0)
   q = np.asarray(layer["attn"]["q"])
   assert not np.allclose(q[0], q[1]) and not np.allclose(q[1], q[2])  # each scanned layer gets its own key
-  np.testing.assert_allclose(np.asarray(layer["moe"]["gate"]).std(), cfg.initializer_range, rtol=0.1)
+  np.testing.assert_allclose(np.asarray(layer["moe"]["gate_up"]).std(), cfg.initializer_range, rtol=0.1)
 
 
 def test_param_logical_axes():
@@ -77,7 +77,7 @@ def test_param_logical_axes():
     shape = functools.reduce(lambda t, key: t[key.key], path, shapes).shape
     assert len(spec) == len(shape), path
   assert "layers" not in tuple(axes["embed"]) and tuple(axes["embed"]) == ("vocab", "embed")
-  assert tuple(axes["blocks"]["layer_1"]["moe"]["gate"]) == ("layers", "experts", "embed", "expert_mlp")
+  assert tuple(axes["blocks"]["layer_1"]["moe"]["gate_up"]) == ("layers", "experts", "embed", None, "expert_mlp")
   assert tuple(axes["blocks"]["layer_0"]["attn"]["q"]) == ("layers", "embed", "heads", "head_dim")
 
 
@@ -147,12 +147,14 @@ def test_remat_policies_match_no_remat():
                                  err_msg=f"{policy} {jax.tree_util.keystr(path)}")
 
 
-def test_dense_moe_equals_sort(tiny):
+def test_dense_and_blocked_moe_equal_sort(tiny):
   cfg, params = tiny
   docs, _, _, _ = _packed(cfg, N)  # same shapes as above: the 'sort' forward is already compiled
   sort = np.asarray(forward(cfg, params, docs))
   dense = np.asarray(forward(cfg.replace(moe_impl="dense"), params, docs))
+  blocked = np.asarray(forward(cfg.replace(moe_impl="blocked"), params, docs))
   np.testing.assert_allclose(dense, sort, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(blocked, sort, rtol=1e-5, atol=1e-5)
 
 
 def test_bfloat16_activations(tiny):

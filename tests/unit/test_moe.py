@@ -7,7 +7,17 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from llama4_jax.ops.moe import load_statistics, moe_dense, moe_sort, route, sort_assignments
+from llama4_jax.ops.moe import load_statistics, moe_blocked, moe_dense, moe_sort as _moe_sort, route, sort_assignments
+
+
+# The tests keep separate gate / up weights; the ops take them fused as [E, D, 2, F].
+def _fused(impl):
+  return lambda x, scores, experts, g, u, d: impl(x, scores, experts, jnp.stack([g, u], axis=2), d)
+
+
+moe_sort = _fused(_moe_sort)
+moe_dense = _fused(moe_dense)
+moe_blocked_small = _fused(functools.partial(moe_blocked, block=4))  # several blocks and padding even at T=12
 
 
 def _weights(rs, e, d, f, scale=0.5):
@@ -48,7 +58,7 @@ def test_route_top1_score_is_not_renormalised():
 def _sort_and_dense(x_TD, router_DE, gate, up, down, w_TD, k):
   """Routed output and its VJP (cotangent w_TD) w.r.t. x, router and expert weights, for both dispatch paths."""
   out = {}
-  for name, impl in (("sort", moe_sort), ("dense", moe_dense)):
+  for name, impl in (("sort", moe_sort), ("blocked", moe_blocked_small), ("dense", moe_dense)):
     def moe(x, router, g, u, d, impl=impl):
       scores_TK, experts_TK, _ = route(x, router, k)
       return impl(x, scores_TK, experts_TK, g, u, d)
@@ -69,9 +79,10 @@ def test_sort_equals_dense_forward_and_gradients(e, k):
   out = _sort_and_dense(x_TD, router_DE, gate, up, down, w_TD, k)
   (fwd_sort, grads_sort), (fwd_dense, grads_dense) = out["sort"], out["dense"]
   assert fwd_sort.shape == (t, d)
-  np.testing.assert_allclose(np.asarray(fwd_sort), np.asarray(fwd_dense), rtol=1e-5, atol=1e-5)
-  for name, gs, gd in zip(("x", "router", "gate", "up", "down"), grads_sort, grads_dense):
-    np.testing.assert_allclose(np.asarray(gs), np.asarray(gd), rtol=1e-4, atol=1e-4, err_msg=name)
+  for impl in ("sort", "blocked"):
+    np.testing.assert_allclose(np.asarray(out[impl][0]), np.asarray(fwd_dense), rtol=1e-5, atol=1e-5)
+    for name, gs, gd in zip(("x", "router", "gate", "up", "down"), out[impl][1], grads_dense):
+      np.testing.assert_allclose(np.asarray(gs), np.asarray(gd), rtol=1e-4, atol=1e-4, err_msg=f"{impl} {name}")
   assert float(jnp.abs(grads_sort[1]).max()) > 0  # the router gets a gradient through the score
   if e == 16:  # 12 tokens x k slots cannot cover 16 experts
     _, experts_TK, _ = route(x_TD, router_DE, k)
@@ -94,15 +105,17 @@ def test_sort_equals_dense_with_empty_groups():
   @jax.jit
   def both(x, scores, g, u, d):
     results = []
-    for impl in (moe_sort, moe_dense):  # VJP w.r.t. x, scores, gate, up, down; the expert ids are fixed
+    for impl in (moe_sort, moe_dense, moe_blocked_small):  # VJP w.r.t. x, scores, gate, up, down; ids fixed
       fwd, pullback = jax.vjp(lambda *a, impl=impl: impl(a[0], a[1], experts_TK, *a[2:]), x, scores, g, u, d)
       results.append((fwd, pullback(w_TD)))
     return results
 
-  (fwd_sort, grads_sort), (fwd_dense, grads_dense) = both(x_TD, scores_TK, gate, up, down)
-  np.testing.assert_allclose(np.asarray(fwd_sort), np.asarray(fwd_dense), rtol=1e-5, atol=1e-5)
-  for name, gs, gd in zip(("x", "scores", "gate", "up", "down"), grads_sort, grads_dense):
-    np.testing.assert_allclose(np.asarray(gs), np.asarray(gd), rtol=1e-4, atol=1e-4, err_msg=name)
+  (fwd_sort, grads_sort), (fwd_dense, grads_dense), (fwd_blocked, grads_blocked) = both(
+      x_TD, scores_TK, gate, up, down)
+  for fwd, grads in ((fwd_sort, grads_sort), (fwd_blocked, grads_blocked)):
+    np.testing.assert_allclose(np.asarray(fwd), np.asarray(fwd_dense), rtol=1e-5, atol=1e-5)
+    for name, gs, gd in zip(("x", "scores", "gate", "up", "down"), grads, grads_dense):
+      np.testing.assert_allclose(np.asarray(gs), np.asarray(gd), rtol=1e-4, atol=1e-4, err_msg=name)
   unused = [0, 1, 3, 4, 6, 7]
   for g in grads_sort[2:]:
     assert np.all(np.asarray(g)[unused] == 0)

@@ -92,11 +92,11 @@ def test_weight_decay_mask_and_lr_multipliers():
   cfg = tiny_config()
   params = init_params(cfg, jax.random.key(0))
   paths = opt.param_paths(params)
-  assert paths["blocks"]["layer_1"]["moe"]["gate"] == "blocks/layer_1/moe/gate"
+  assert paths["blocks"]["layer_1"]["moe"]["gate_up"] == "blocks/layer_1/moe/gate_up"
   mask = opt.weight_decay_mask(params, ("norm", "^embed$"))
   assert mask["blocks"]["layer_0"]["attn"]["q"] and not mask["final_norm"]["scale"] and not mask["embed"]
-  mult = opt.lr_multiplier_tree(params, (("moe/(gate|up|down)$", 0.5), ("layer_1", 2.0)))
-  assert mult["blocks"]["layer_1"]["moe"]["gate"] == 1.0 and mult["blocks"]["layer_3"]["moe"]["up"] == 0.5
+  mult = opt.lr_multiplier_tree(params, (("moe/(gate_up|down)$", 0.5), ("layer_1", 2.0)))
+  assert mult["blocks"]["layer_1"]["moe"]["gate_up"] == 1.0 and mult["blocks"]["layer_3"]["moe"]["down"] == 0.5
   assert mult["blocks"]["layer_1"]["attn"]["q"] == 2.0 and mult["embed"] == 1.0
   # The multiplier scales the whole AdamW update of the matched leaves.
   config = _optim(warmup_steps=0, schedule="constant", clip_norm=0.0)
