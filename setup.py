@@ -19,6 +19,7 @@ INSTALL_REQUIRES = [
     "tiktoken>=0.14,<1",
     "regex>=2024.1",
     "tensorboardX>=2.6,<3",
+    "importlib_resources>=6",  # tensorflow-datasets builders import it without declaring it
 ]
 
 EXTRAS = {

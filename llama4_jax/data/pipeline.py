@@ -16,8 +16,8 @@ import numpy as np
 _FEATURES = ("inputs", "targets", "loss_mask")
 
 
-def tokenize_documents(texts: Iterable[str], tokenizer, min_tokens: int = 2) -> list[np.ndarray]:
-  """[bos] + tokens + [eos] per text, int32; texts shorter than `min_tokens` tokens are dropped."""
+def tokenize_documents(texts: Iterable[str], tokenizer, min_tokens: int = 3) -> list[np.ndarray]:
+  """[bos] + tokens + [eos] per text, int32; texts under `min_tokens` in all (empty ones) are dropped."""
   docs = []
   for text in texts:
     ids = tokenizer.encode(text, bos=True, eos=True)
