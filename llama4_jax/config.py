@@ -15,6 +15,7 @@ from typing import Any, Mapping
 DTYPES = ("float32", "bfloat16", "float16")
 REMAT_POLICIES = ("none", "full", "dots", "dots_with_no_batch_dims")
 MOE_IMPLS = ("sort", "blocked", "dense")
+ATTENTION_IMPLS = ("banded", "dense")
 ROPE_TYPES = ("default", "llama3")
 
 
@@ -87,6 +88,8 @@ class ModelConfig:
   remat_policy: str = "none"
   scan_unroll: int = 1  # super-blocks per scan iteration; > 1 trades compile time for less loop overhead
   moe_impl: str = "sort"
+  # 'banded': chunked layers attend over 2 * chunk keys per block of queries; 'dense': full masked reference.
+  attention_impl: str = "banded"
   vision: VisionConfig | None = None
 
   def __post_init__(self):
@@ -155,7 +158,7 @@ def validate(cfg: ModelConfig) -> None:
   if cfg.attn_scale < 0:
     raise ConfigError(f"model.attn_scale must be >= 0, got {cfg.attn_scale!r}")
   for name, allowed in (("dtype", DTYPES), ("param_dtype", DTYPES), ("remat_policy", REMAT_POLICIES),
-                        ("moe_impl", MOE_IMPLS)):
+                        ("moe_impl", MOE_IMPLS), ("attention_impl", ATTENTION_IMPLS)):
     if getattr(cfg, name) not in allowed:
       raise ConfigError(f"model.{name}={getattr(cfg, name)!r} is not one of {allowed}")
   rs = cfg.rope_scaling

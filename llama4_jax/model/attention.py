@@ -8,7 +8,7 @@ import jax.numpy as jnp
 from llama4_jax.config import ModelConfig
 from llama4_jax.model.layers import declare, rms_normalize
 from llama4_jax.model.rope import apply_rope
-from llama4_jax.ops.attention import dot_product_attention, temperature_scale
+from llama4_jax.ops.attention import chunked_self_attention, dot_product_attention, temperature_scale
 
 
 class Attention(nn.Module):
@@ -16,7 +16,7 @@ class Attention(nn.Module):
   use_rope: bool
 
   @nn.compact
-  def __call__(self, x_BLD, positions_BL, cos_sin, mask_BLL):
+  def __call__(self, x_BLD, positions_BL, segment_ids_BL, cos_sin, mask_BLL):
     cfg = self.cfg
     d, h, g, k = cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
     dt = x_BLD.dtype
@@ -36,5 +36,9 @@ class Attention(nn.Module):
       # Inference-time temperature tuning (arXiv 2501.19399) on global NoPE layers, by position in the document.
       scale_BL = temperature_scale(positions_BL, cfg.floor_scale, cfg.attn_scale)
       q_BLHK = (q_BLHK.astype(jnp.float32) * scale_BL[:, :, None, None]).astype(dt)
-    out_BLHK = dot_product_attention(q_BLHK, k_BLGK, v_BLGK, mask_BLL, scale=k ** -0.5)
+    chunk = cfg.attention_chunk_size
+    if self.use_rope and chunk is not None and cfg.attention_impl == "banded" and x_BLD.shape[1] > chunk:
+      out_BLHK = chunked_self_attention(q_BLHK, k_BLGK, v_BLGK, positions_BL, segment_ids_BL, chunk, k ** -0.5)
+    else:
+      out_BLHK = dot_product_attention(q_BLHK, k_BLGK, v_BLGK, mask_BLL, scale=k ** -0.5)
     return jnp.einsum("blhk,hkd->bld", out_BLHK, wo)

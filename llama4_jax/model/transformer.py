@@ -36,7 +36,8 @@ class DecoderLayer(nn.Module):
     use_rope = cfg.is_rope_layer(self.index)
     mask = ctx["chunked_mask"] if use_rope else ctx["global_mask"]
     h = RMSNorm(cfg, name="attn_norm")(x_BLD)
-    x_BLD = x_BLD + Attention(cfg, use_rope, name="attn")(h, ctx["positions"], ctx["cos_sin"], mask)
+    x_BLD = x_BLD + Attention(cfg, use_rope, name="attn")(h, ctx["positions"], ctx["segment_ids"], ctx["cos_sin"],
+                                                        mask)
     h = RMSNorm(cfg, name="ffn_norm")(x_BLD)
     if cfg.is_moe_layer(self.index):
       out, stats = MoE(cfg, name="moe")(h, ctx["segment_ids"] != 0)

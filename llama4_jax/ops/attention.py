@@ -52,3 +52,42 @@ def dot_product_attention(q_BLHK, k_BSGK, v_BSGK, mask_BLS, scale: float) -> jnp
   probs = jax.nn.softmax(logits, axis=-1).astype(v_BSGK.dtype)
   out_BLGRK = jnp.einsum("bgrls,bsgk->blgrk", probs, v_BSGK)
   return out_BLGRK.reshape(b, l, h, kd)
+
+
+def _blocks(x, n: int, c: int):
+  """[B, L, ...] (L == n * c) -> (previous block, block) concatenated: [B, n, 2c, ...]; block -1 is zeros."""
+  xb = x.reshape(x.shape[0], n, c, *x.shape[2:])
+  prev = jnp.concatenate([jnp.zeros_like(xb[:, :1]), xb[:, :-1]], axis=1)
+  return jnp.concatenate([prev, xb], axis=2)
+
+
+def chunked_self_attention(q_BLHK, k_BLGK, v_BLGK, positions_BL, segment_ids_BL, chunk_size: int, scale: float):
+  """Exact chunked-causal self-attention computed only over a band of 2 * chunk_size keys per query block.
+
+  Requires what packed rows satisfy: inside a document, positions grow by one per slot. Then a query at slot i can
+  only see slots i - chunk_size < j <= i, i.e. its own block of `chunk_size` slots and the previous one, so the
+  cost is O(L * 2C) instead of O(L^2). The mask is the same `attention_mask` as the dense reference.
+  """
+  b, l, h, kd = q_BLHK.shape
+  g, c = k_BLGK.shape[2], chunk_size
+  n = -(-l // c)
+  pad = n * c - l
+  index_BL = jnp.broadcast_to(jnp.arange(n * c, dtype=jnp.int32), (b, n * c))
+  if pad:
+    padding = lambda x: jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2))  # noqa: E731
+    q_BLHK, k_BLGK, v_BLGK = padding(q_BLHK), padding(k_BLGK), padding(v_BLGK)
+    positions_BL, segment_ids_BL = padding(positions_BL), padding(segment_ids_BL)  # padded slots: segment 0
+  q_BNCGRK = q_BLHK.reshape(b, n, c, g, h // g, kd)
+  k_BNSGK, v_BNSGK = _blocks(k_BLGK, n, c), _blocks(v_BLGK, n, c)
+  # The zero block before the first one gets index -1 > nothing, so causality masks it out.
+  kv_index = _blocks(index_BL + 1, n, c) - 1
+  kv_seg, kv_pos = _blocks(segment_ids_BL, n, c), _blocks(positions_BL, n, c)
+  q_index, q_seg, q_pos = (x.reshape(b * n, c) for x in (index_BL, segment_ids_BL, positions_BL))
+  mask = attention_mask(q_index, kv_index.reshape(b * n, 2 * c), q_seg, kv_seg.reshape(b * n, 2 * c), q_pos,
+                        kv_pos.reshape(b * n, 2 * c), chunk_size=c)
+  mask &= (kv_index.reshape(b * n, 2 * c) >= 0)[:, None, :]
+  logits = jnp.einsum("bnqgrk,bnsgk->bngrqs", q_BNCGRK, k_BNSGK, preferred_element_type=jnp.float32) * scale
+  logits = jnp.where(mask.reshape(b, n, 1, 1, c, 2 * c), logits, _MASK_VALUE)
+  probs = jax.nn.softmax(logits, axis=-1).astype(v_BLGK.dtype)
+  out = jnp.einsum("bngrqs,bnsgk->bnqgrk", probs, v_BNSGK).reshape(b, n * c, h, kd)
+  return out[:, :l]

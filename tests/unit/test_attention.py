@@ -149,3 +149,31 @@ def test_fully_masked_row_gives_no_nan():
   rows = [0, 1, 3, 4]
   np.testing.assert_allclose(out[:, rows], _naive_attention(q, k, v, mask, kd ** -0.5)[:, rows], rtol=1e-5,
                              atol=1e-5)
+
+
+@pytest.mark.parametrize("b,l,h,g,k,c", [(2, 21, 4, 2, 8, 8), (1, 37, 6, 3, 6, 5), (2, 64, 4, 4, 8, 16),
+                                         (1, 10, 2, 1, 4, 16)])
+def test_banded_chunked_attention_equals_dense_reference(b, l, h, g, k, c):
+  from llama4_jax.ops.attention import chunked_self_attention
+  rs = np.random.RandomState(l)
+  q, kk, v = (jnp.asarray(rs.randn(b, l, n, k), jnp.float32) for n in (h, g, g))
+  seg = np.ones((b, l), np.int32)
+  cut = l // 3
+  seg[:, cut:] = 2
+  seg[:, l - 2:] = 0  # trailing padding
+  pos = np.concatenate([np.arange(cut), np.arange(l - cut)])[None].repeat(b, 0).astype(np.int32)
+  _, chunked = self_attention_masks(jnp.asarray(pos), jnp.asarray(seg), c)
+  valid = jnp.asarray(seg != 0)[:, :, None, None]
+
+  def ref(q, kk, v):
+    return jnp.sum(jnp.where(valid, dot_product_attention(q, kk, v, chunked, 0.3), 0) ** 2)
+
+  def banded(q, kk, v):
+    return jnp.sum(jnp.where(valid, chunked_self_attention(q, kk, v, jnp.asarray(pos), jnp.asarray(seg), c, 0.3),
+                             0) ** 2)
+
+  np.testing.assert_allclose(banded(q, kk, v), ref(q, kk, v), rtol=1e-5)
+  for gb, gr in zip(jax.grad(banded, argnums=(0, 1, 2))(q, kk, v), jax.grad(ref, argnums=(0, 1, 2))(q, kk, v)):
+    np.testing.assert_allclose(np.asarray(gb), np.asarray(gr), rtol=1e-4, atol=1e-5)
+  out = chunked_self_attention(q, kk, v, jnp.asarray(pos), jnp.asarray(seg), c, 0.3)
+  assert np.isfinite(np.asarray(out)).all()

@@ -1,0 +1,137 @@
+"""Training throughput and MFU of the main job's train step (measures; asserts nothing).
+
+    python benchmarks/train_throughput.py --config=configs/base.py:tiny --batch=8 --seq=256 --steps=10
+
+Builds exactly what `llama4_jax/train/loop.py` runs (params, the optimizer from `config.optim`, TrainState, the jitted
+`train_step` with the state donated) on a random batch of one document per row, times `--steps` steps after
+`--warmup` untimed ones and prints one JSON line. The fp32 matmul peak is measured in the same process (median of
+repeated jitted 1024x1024x1024 and 2048x256x1024 matmuls, before and after the model, best GFLOP/s), so
+MFU = model FLOPs per step (llama4_jax/flops.py) / median step time / peak is not skewed by machine noise between
+runs. `--batch` / `--seq` default to the anchors' peer setting (8 x 256); 0 takes config.data.batch_size / seq_len.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import statistics
+import sys
+import time
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+sys.path.insert(0, ROOT)
+
+from absl import app, flags  # noqa: E402
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from llama4_jax.config import from_config_dict  # noqa: E402
+from llama4_jax.flops import training_flops_per_step  # noqa: E402
+from llama4_jax.model import init_params  # noqa: E402
+from llama4_jax.train.optimizer import make_optimizer  # noqa: E402
+from llama4_jax.train.step import LossConfig, init_state, train_step  # noqa: E402
+
+CONFIG = config_flags.DEFINE_config_file("config", os.path.join(ROOT, "configs/base.py") + ":tiny",
+                                         "experiment config file[:preset], as for llama4_jax.main")
+BATCH = flags.DEFINE_integer("batch", 8, "rows per step (0: config.data.batch_size)")
+SEQ = flags.DEFINE_integer("seq", 256, "tokens per row (0: config.data.seq_len)")
+STEPS = flags.DEFINE_integer("steps", 10, "timed train steps")
+WARMUP = flags.DEFINE_integer("warmup", 2, "untimed steps after the compile")
+PEAK_REPEATS = flags.DEFINE_integer("peak_repeats", 20, "timed calls per matmul shape for the peak")
+
+PEAK_SHAPES = ((1024, 1024, 1024), (2048, 256, 1024))  # (M, K, N): a square one and a token x hidden x ffw one
+
+
+def shape_from(config, batch: int, seq: int) -> tuple[int, int]:
+  return batch or int(config.data.batch_size), seq or int(config.data.seq_len)
+
+
+def random_batch(vocab: int, batch: int, seq: int, seed: int = 0) -> dict:
+  """One document per row: positions 0..L-1, segment 1 everywhere, every token in the loss."""
+  rs = np.random.RandomState(seed)
+  ones = np.ones((batch, seq), np.int32)
+  return {"inputs": rs.randint(0, vocab, (batch, seq)).astype(np.int32),
+          "targets": rs.randint(0, vocab, (batch, seq)).astype(np.int32),
+          "positions": np.broadcast_to(np.arange(seq, dtype=np.int32), (batch, seq)).copy(),
+          "segment_ids": ones, "loss_mask": ones.copy()}
+
+
+def matmul_peak_gflops(repeats: int) -> dict:
+  """Best median fp32 GFLOP/s over PEAK_SHAPES, and each shape's figure."""
+  mm = jax.jit(jnp.matmul)
+  out = {}
+  for m, k, n in PEAK_SHAPES:
+    a = jax.random.normal(jax.random.key(0), (m, k), jnp.float32)
+    b = jax.random.normal(jax.random.key(1), (k, n), jnp.float32)
+    mm(a, b).block_until_ready()
+    times = []
+    for _ in range(repeats):
+      t0 = time.perf_counter()
+      mm(a, b).block_until_ready()
+      times.append(time.perf_counter() - t0)
+    out[f"{m}x{k}x{n}"] = 2 * m * k * n / statistics.median(times) / 1e9
+  return out
+
+
+def build(config):
+  """(model_cfg, state, jitted donated step) exactly as llama4_jax.train.loop.run_stage builds them."""
+  model_cfg = from_config_dict(config.model)
+  params = init_params(model_cfg, jax.random.key(config.seed))
+  tx, schedule = make_optimizer(config.optim, params, config.train.steps)
+  state = init_state(params, tx)
+  step_fn = jax.jit(functools.partial(train_step, model_cfg=model_cfg, train_cfg=LossConfig.from_config(
+      config.train), tx=tx, schedule=schedule), donate_argnums=0)
+  return model_cfg, state, step_fn
+
+
+def model_summary(config, model_cfg) -> dict:
+  keys = ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "head_dim",
+          "num_local_experts", "num_experts_per_tok", "attention_chunk_size", "moe_impl", "remat_policy",
+          "scan_unroll", "dtype", "param_dtype")
+  return {"preset": config.get("preset", "?"), **{k: getattr(model_cfg, k) for k in keys},
+          "micro_batches": int(config.train.micro_batches)}
+
+
+def main(argv):
+  del argv
+  config = CONFIG.value
+  batch_size, seq_len = shape_from(config, BATCH.value, SEQ.value)
+  peak_before = matmul_peak_gflops(PEAK_REPEATS.value)
+  model_cfg, state, step_fn = build(config)
+  batch = jax.device_put(random_batch(model_cfg.vocab_size, batch_size, seq_len))
+  key = jax.random.key(config.seed)
+  t0 = time.perf_counter()
+  state, metrics = jax.block_until_ready(step_fn(state, batch, jax.random.fold_in(key, 0)))
+  compile_and_first_s = time.perf_counter() - t0
+  first_loss = float(metrics["loss"])
+  for i in range(WARMUP.value):
+    state, metrics = jax.block_until_ready(step_fn(state, batch, jax.random.fold_in(key, 1 + i)))
+  times = []
+  for i in range(STEPS.value):
+    t0 = time.perf_counter()
+    state, metrics = jax.block_until_ready(step_fn(state, batch, jax.random.fold_in(key, 1 + WARMUP.value + i)))
+    times.append(time.perf_counter() - t0)
+  peak_after = matmul_peak_gflops(PEAK_REPEATS.value)
+  peaks = {k: max(peak_before[k], peak_after[k]) for k in peak_before}
+  peak = max(peaks.values())
+  step_s = statistics.median(times)
+  flops = training_flops_per_step(model_cfg, batch_size, seq_len)
+  achieved = flops["total"] / step_s / 1e9
+  print(json.dumps({
+      "benchmark": "train_throughput", **model_summary(config, model_cfg), "batch": batch_size, "seq": seq_len,
+      "tokens_per_step": batch_size * seq_len, "steps": len(times), "median_step_s": round(step_s, 4),
+      "min_step_s": round(min(times), 4), "max_step_s": round(max(times), 4),
+      "tokens_per_s": round(batch_size * seq_len / step_s, 1), "model_gflops_per_step": round(flops["total"] / 1e9, 3),
+      "attention_share_of_flops": round(flops["attention"] / flops["total"], 4),
+      "achieved_gflops": round(achieved, 2), "peak_gflops": round(peak, 2),
+      "peak_gflops_by_shape": {k: round(v, 2) for k, v in peaks.items()}, "mfu": round(achieved / peak, 4),
+      "compile_and_first_step_s": round(compile_and_first_s, 2), "first_loss": round(first_loss, 4),
+      "last_loss": round(float(metrics["loss"]), 4), "jax": jax.__version__, "device": str(jax.devices()[0]),
+      "device_count": jax.device_count()}))
+
+
+if __name__ == "__main__":
+  app.run(main)
