@@ -62,14 +62,6 @@ def load_hf_model(model_cfg, params, directory: str):
   import torch
   import transformers
   path = llama4_jax.save_hf(model_cfg, params, os.path.join(directory, "hf"))
-  # Workaround: config_to_hf writes floor_scale as our float (64.0) but transformers 5.23's strict config wants an
-  # int and refuses to load; an integral value is written back as an int (the same model).
-  with open(os.path.join(path, "config.json")) as f:
-    hf_cfg = json.load(f)
-  if isinstance(hf_cfg.get("floor_scale"), float) and hf_cfg["floor_scale"].is_integer():
-    hf_cfg["floor_scale"] = int(hf_cfg["floor_scale"])
-    with open(os.path.join(path, "config.json"), "w") as f:
-      json.dump(hf_cfg, f, indent=2)
   return transformers.Llama4ForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation="sdpa")
 
 

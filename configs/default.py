@@ -13,12 +13,12 @@ from configs import base
 def get_config(arg: str = ""):
   config = base.get_config("tiny")
   config.data.seq_len, config.data.batch_size = 128, 8
-  config.train.update(steps=240, log_every=10, eval_every=80, checkpoint_every=40)
+  config.train.update(steps=200, log_every=10, eval_every=100, checkpoint_every=50)
   config.optim.update(learning_rate=3e-3, warmup_steps=20)
   config.stages = {
       "pretrain": base.stage("lm"),
       "midtrain": base.stage(
-          "lm", data=dict(seq_len=512, batch_size=2), train=dict(steps=60, eval_every=30, checkpoint_every=20),
+          "lm", data=dict(seq_len=512, batch_size=2), train=dict(steps=40, eval_every=20, checkpoint_every=20),
           optim=dict(learning_rate=1e-3, warmup_steps=5), model=dict(rope_theta=2e6)),
   }
   config.stage_order = ("pretrain", "midtrain")

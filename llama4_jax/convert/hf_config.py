@@ -119,7 +119,9 @@ def config_to_hf(cfg: ModelConfig, torch_dtype: str = "float32") -> dict:
       "no_rope_layers": no_rope_layers,
       "layer_types": ["chunked_attention" if r else "full_attention" for r in no_rope_layers],
       "attention_chunk_size": cfg.attention_chunk_size, "use_qk_norm": cfg.use_qk_norm,
-      "attn_temperature_tuning": cfg.attn_temperature_tuning, "floor_scale": cfg.floor_scale,
+      # transformers types floor_scale as int and rejects 64.0.
+      "attn_temperature_tuning": cfg.attn_temperature_tuning,
+      "floor_scale": int(cfg.floor_scale) if float(cfg.floor_scale).is_integer() else cfg.floor_scale,
       "attn_scale": cfg.attn_scale, "rope_parameters": rope, "rms_norm_eps": cfg.rms_norm_eps,
       "max_position_embeddings": cfg.max_position_embeddings, "initializer_range": cfg.initializer_range,
       "hidden_act": "silu", "attention_bias": False, "tie_word_embeddings": False,

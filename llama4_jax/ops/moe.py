@@ -10,6 +10,8 @@ multiplies the expert *input*. Two dispatch paths give the same result:
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
@@ -102,11 +104,30 @@ def _take_rows_bwd(res, g_RD):
 _take_rows.defvjp(_take_rows_fwd, _take_rows_bwd)
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _expert_weights_per_block(w_E, block_expert_N, num_experts: int):
+  """w[block_expert]: each block's expert weights. Blocks are sorted by expert, so the gradient is a sorted segment
+  sum over blocks (cheaper on CPU than the transposed one-hot matmul autodiff would build)."""
+  del num_experts
+  return w_E[block_expert_N]
+
+
+def _expert_weights_fwd(w_E, block_expert_N, num_experts):
+  return w_E[block_expert_N], block_expert_N
+
+
+def _expert_weights_bwd(num_experts, block_expert_N, g_N):
+  return jax.ops.segment_sum(g_N, block_expert_N, num_segments=num_experts, indices_are_sorted=True), None
+
+
+_expert_weights_per_block.defvjp(_expert_weights_fwd, _expert_weights_bwd)
+
+
 def moe_blocked(x_TD, scores_TK, experts_TK, gate_up_EDCF, down_EFD, block: int = 128):
   """Dropless sort-based dispatch as dense batched matmuls over expert-pure row blocks.
 
   On CPU `ragged_dot` costs about as much as running every expert on every token; selecting each block's expert
-  weights (a one-hot matmul, whose gradient is a matmul too) and doing one batched matmul keeps the cost close to
+  weights (a gather, whose gradient is a sorted segment sum) and doing one batched matmul keeps the cost close to
   that of the active FLOPs plus less than one block of padding per expert.
   """
   t, k = experts_TK.shape
@@ -120,8 +141,7 @@ def moe_blocked(x_TD, scores_TK, experts_TK, gate_up_EDCF, down_EFD, block: int 
   # token-slot a = t * k + j; sorted position p holds assignment order_A[p].
   x_AD = jnp.repeat(x_TD, k, axis=0) * scores_TK.reshape(-1, 1)
   x_RD = _take_rows(x_AD, jnp.where(source_R >= 0, order_A[jnp.maximum(source_R, 0)], -1), dest_A[inverse_A])
-  onehot_NE = jax.nn.one_hot(block_expert_N, e, dtype=x_TD.dtype)
-  select = lambda w: jnp.einsum("ne,e...->n...", onehot_NE, w)  # noqa: E731
+  select = lambda w: _expert_weights_per_block(w, block_expert_N, e)  # noqa: E731
   x_NBD = x_RD.reshape(-1, block, d)
   h_NBF = _swiglu(jnp.einsum("nbd,ndcf->nbcf", x_NBD, select(gate_up_EDCF)))
   y_RD = jnp.einsum("nbf,nfd->nbd", h_NBF, select(down_EFD)).reshape(-1, d)

@@ -164,7 +164,7 @@ def run_stage(name: str, cfg: ConfigDict, workdir: str, carried, offset: int, wr
     step += 1
     in_a_row = int(state.nonfinite_in_a_row)
     tok_log += float(np.sum(batch["loss_mask"]))
-    if step % tcfg.log_every == 0 or step == tcfg.steps or in_a_row:
+    if step % tcfg.log_every == 0 or step in (1, tcfg.steps) or in_a_row:
       m = jax.device_get(metrics)
       now = time.perf_counter()
       tps = tok_log / max(now - t_log, 1e-9)

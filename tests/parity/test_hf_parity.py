@@ -99,7 +99,7 @@ def test_save_hf_round_trip_through_transformers(tmp_path):
 def test_jax_initialised_model_exports_to_transformers(tmp_path):
   import jax
   from tests.conftest import tiny_config
-  cfg = tiny_config(num_experts_per_tok=2)
+  cfg = tiny_config(num_experts_per_tok=2, floor_scale=4.0)  # presets carry floats; transformers wants an int
   params = llama4_jax.init_params(cfg, jax.random.key(3))
   path = llama4_jax.save_hf(cfg, params, str(tmp_path / "exported"), max_shard_bytes=40_000)
   assert os.path.exists(os.path.join(path, "model.safetensors.index.json"))  # sharded
