@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from llama4_jax.config import ModelConfig
+from llama4_jax.ops.moe import swiglu
 
 
 def dtype_of(name: str):
@@ -53,5 +54,4 @@ class MLP(nn.Module):
     # gate and up stored together ([D, 2, F]): one matmul, and on CPU a much cheaper backward than two.
     gate_up = declare(self, "gate_up", (d, 2, self.width), ("embed", None, self.axis), cfg).astype(x_BLD.dtype)
     down = declare(self, "down", (self.width, d), (self.axis, "embed"), cfg).astype(x_BLD.dtype)
-    h = jnp.einsum("bld,dcf->blcf", x_BLD, gate_up)
-    return (jax.nn.silu(h[..., 0, :]) * h[..., 1, :]) @ down
+    return swiglu(jnp.einsum("bld,dcf->blcf", x_BLD, gate_up)) @ down

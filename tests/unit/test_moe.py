@@ -165,3 +165,14 @@ def test_load_statistics_fractions_sum_to_one_and_ignore_invalid_tokens():
   stats2 = load_statistics(jnp.asarray(logits2), jnp.asarray(experts2), jnp.asarray(valid_T))
   np.testing.assert_allclose(np.asarray(stats2["expert_fraction"]), fraction_E, rtol=1e-6)
   np.testing.assert_allclose(np.asarray(stats2["router_prob"]), prob_E, rtol=1e-6)
+
+
+def test_swiglu_custom_gradient_matches_autodiff():
+  from llama4_jax.ops.moe import swiglu
+  rs = np.random.RandomState(0)
+  h = jnp.asarray(3 * rs.randn(5, 7, 2, 9).astype(np.float32))
+  w = jnp.asarray(rs.randn(5, 7, 9).astype(np.float32))
+  plain = lambda h: jnp.sum(w * (h[..., 0, :] / (1 + jnp.exp(-h[..., 0, :]))) * h[..., 1, :])  # noqa: E731
+  custom = lambda h: jnp.sum(w * swiglu(h))  # noqa: E731
+  np.testing.assert_allclose(custom(h), plain(h), rtol=1e-5)
+  np.testing.assert_allclose(np.asarray(jax.grad(custom)(h)), np.asarray(jax.grad(plain)(h)), rtol=1e-5, atol=1e-6)
