@@ -180,3 +180,15 @@ def test_loss_falls_and_stages_chain(tmp_path):
   batch = next(iter(train_data.train_batches(mid_cfg.data, docs["train"], mid_cfg.seed)))
   out = eval_step(jax.tree_util.tree_map(np.asarray, final["params"]), batch, model_cfg=model_cfg)
   np.testing.assert_allclose(float(out["ce"]) / float(out["tokens"]), losses[41], rtol=1e-5)
+
+
+def test_run_stops_after_consecutive_nonfinite_updates(tmp_path):
+  from llama4_jax.train.loop import NonFiniteError
+  config = default_config.get_config("smoke")
+  config.stage_order = ("pretrain",)
+  config.model.initializer_range = 1e30  # logits overflow: every loss is non-finite
+  config.train.update(steps=10, max_nonfinite_in_a_row=3, tensorboard=False, progress=False, checkpoint_every=100)
+  with pytest.raises(NonFiniteError, match="3 consecutive updates"):
+    train_and_evaluate(config, str(tmp_path / "nan"))
+  records = read_metrics(str(tmp_path / "nan"))
+  assert [r["skipped"] for r in records if "skipped" in r] == [1.0, 1.0, 1.0]
