@@ -49,7 +49,8 @@ def forward(cfg: ModelConfig, params, tokens_BL, positions_BL=None, segment_ids_
   """Plain inference entry: logits [B, L, V] in float32.
 
   `positions_BL` (position of each token inside its document) and `segment_ids_BL` (document id, 0 = padding) make
-  packed rows: documents never attend to each other and positions restart per document.
+  packed rows: documents never attend to each other and positions restart per document. Without `positions_BL`
+  they are derived from the segment ids (0, 1, ... from each document's first slot).
   """
   tokens_BL = jnp.asarray(tokens_BL, jnp.int32)
   if tokens_BL.ndim != 2:

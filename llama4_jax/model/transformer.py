@@ -26,6 +26,14 @@ REMAT_POLICIES = {
 }
 
 
+def positions_from_segments(segment_ids_BL):
+  """Position of each token inside its document: slot index minus the slot where its segment started."""
+  b, l = segment_ids_BL.shape
+  index_BL = jnp.broadcast_to(jnp.arange(l, dtype=jnp.int32), (b, l))
+  starts_BL = jnp.concatenate([jnp.ones((b, 1), bool), segment_ids_BL[:, 1:] != segment_ids_BL[:, :-1]], axis=1)
+  return index_BL - jax.lax.cummax(jnp.where(starts_BL, index_BL, 0), axis=1)
+
+
 class DecoderLayer(nn.Module):
   cfg: ModelConfig
   index: int  # position inside the super-block; its kind is the same in every block
@@ -74,10 +82,10 @@ class Transformer(nn.Module):
         block, variable_axes={"params": 0}, split_rngs={"params": True}, in_axes=nn.broadcast,
         length=cfg.num_blocks, unroll=cfg.scan_unroll, metadata_params={nn.PARTITION_NAME: "layers"})(cfg, name="blocks")
     b, l = tokens_BL.shape
-    if positions_BL is None:
-      positions_BL = jnp.broadcast_to(jnp.arange(l, dtype=jnp.int32), (b, l))
     if segment_ids_BL is None:
       segment_ids_BL = jnp.ones((b, l), jnp.int32)
+    if positions_BL is None:
+      positions_BL = positions_from_segments(segment_ids_BL)
     embed = declare(self, "embed", (cfg.vocab_size, cfg.hidden_size), ("vocab", "embed"), cfg)
     dt = dtype_of(cfg.dtype)
     x_BLD = jnp.take(embed, tokens_BL, axis=0).astype(dt) if embeddings_BLD is None else embeddings_BLD.astype(dt)

@@ -178,3 +178,14 @@ def test_forward_rejects_1d_tokens(tiny):
   cfg, params = tiny
   with pytest.raises(ValueError, match="batch, length"):
     forward(cfg, params, np.arange(5))
+
+
+def test_positions_default_to_restarting_per_segment(tiny):
+  from llama4_jax.model.transformer import positions_from_segments
+  seg = np.array([[1, 1, 1, 2, 2, 3, 0, 0], [5, 5, 5, 5, 5, 5, 5, 5]], np.int32)
+  np.testing.assert_array_equal(np.asarray(positions_from_segments(jnp.asarray(seg))),
+                                [[0, 1, 2, 0, 1, 0, 0, 1], [0, 1, 2, 3, 4, 5, 6, 7]])
+  cfg, params = tiny
+  docs, tokens, positions, segments = _packed(cfg, N)
+  np.testing.assert_array_equal(np.asarray(forward(cfg, params, tokens, None, segments)),
+                                np.asarray(forward(cfg, params, tokens, positions, segments)))
