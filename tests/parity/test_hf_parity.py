@@ -12,10 +12,10 @@ import os
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch", reason="parity oracle needs the [torch] extra")
-transformers = pytest.importorskip("transformers")
+import torch  # the parity oracle: installed by the README's test command ('.[test,torch]')
+import transformers
 
-import llama4_jax  # noqa: E402
+import llama4_jax
 
 pytestmark = pytest.mark.parity
 TOL = 1e-4
