@@ -30,7 +30,7 @@ def base_model():
       rope_scaling=_llama3_scaling(False), rms_norm_eps=1e-5, max_position_embeddings=262144,
       initializer_range=0.02, bos_token_id=200000, eos_token_id=200001, pad_token_id=200018,
       dtype="float32", param_dtype="float32", remat_policy="none", scan_unroll=1, moe_impl="sort",
-      attention_impl="banded",
+      attention_impl="banded", kernel_interpret=False,
       vision=_vision(False)))
 
 

@@ -14,7 +14,7 @@ from typing import Any, Mapping
 
 DTYPES = ("float32", "bfloat16", "float16")
 REMAT_POLICIES = ("none", "full", "dots", "dots_with_no_batch_dims")
-MOE_IMPLS = ("sort", "blocked", "dense")
+MOE_IMPLS = ("sort", "blocked", "dense", "pallas")
 ATTENTION_IMPLS = ("banded", "dense")
 ROPE_TYPES = ("default", "llama3")
 
@@ -90,6 +90,7 @@ class ModelConfig:
   moe_impl: str = "sort"
   # 'banded': chunked layers attend over 2 * chunk keys per block of queries; 'dense': full masked reference.
   attention_impl: str = "banded"
+  kernel_interpret: bool = False  # run Pallas kernels in interpret mode (CPU tests)
   vision: VisionConfig | None = None
 
   def __post_init__(self):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import flax.linen as nn
 import jax.numpy as jnp
 
@@ -24,7 +26,10 @@ class MoE(nn.Module):
     down = declare(self, "down", (e, f, d), ("experts", "expert_mlp", "embed"), cfg).astype(dt)
     x_TD = x_BLD.reshape(b * l, d)
     scores_TK, experts_TK, logits_TE = moe_ops.route(x_TD, router, cfg.num_experts_per_tok)
-    routed_TD = moe_ops.DISPATCH[cfg.moe_impl](x_TD, scores_TK, experts_TK, gate_up, down)
+    dispatch = moe_ops.DISPATCH[cfg.moe_impl]
+    if cfg.moe_impl == "pallas":
+      dispatch = functools.partial(dispatch, interpret=cfg.kernel_interpret)
+    routed_TD = dispatch(x_TD, scores_TK, experts_TK, gate_up, down)
     shared_BLD = MLP(cfg, cfg.intermediate_size, axis="expert_mlp", name="shared")(x_BLD)
     stats = moe_ops.load_statistics(logits_TE, experts_TK, valid_BL.reshape(-1))
     return shared_BLD + routed_TD.reshape(b, l, d).astype(dt), stats

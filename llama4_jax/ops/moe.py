@@ -170,7 +170,24 @@ def moe_blocked(x_TD, scores_TK, experts_TK, gate_up_EDCF, down_EFD, block: int 
   return y_AD.reshape(t, k, d).sum(axis=1)
 
 
-DISPATCH = {"sort": moe_sort, "blocked": moe_blocked, "dense": moe_dense}
+def moe_pallas(x_TD, scores_TK, experts_TK, gate_up_EDCF, down_EFD, interpret: bool = False):
+  """`moe_sort` with the Pallas grouped matmul (pallas_kernels.grouped_matmul) in place of `ragged_dot`.
+
+  The kernel runs on GPU (Pallas Triton) or anywhere with `interpret=True`; elsewhere gmm itself falls back to
+  `ragged_dot`, so this path is always exact.
+  """
+  from pallas_kernels.grouped_matmul import gmm
+
+  t, k = experts_TK.shape
+  e, d, _, f = gate_up_EDCF.shape
+  order_A, inverse_A, group_sizes_E = sort_assignments(experts_TK, e)
+  x_AD = x_TD[order_A // k] * scores_TK.reshape(-1)[order_A][:, None]
+  h_AF = _swiglu(gmm(x_AD, gate_up_EDCF.reshape(e, d, 2 * f), group_sizes_E, interpret=interpret).reshape(-1, 2, f))
+  y_AD = gmm(h_AF, down_EFD, group_sizes_E, interpret=interpret)
+  return y_AD[inverse_A].reshape(t, k, -1).sum(axis=1)
+
+
+DISPATCH = {"sort": moe_sort, "blocked": moe_blocked, "dense": moe_dense, "pallas": moe_pallas}
 
 
 def load_statistics(logits_TE, experts_TK, valid_T):

@@ -77,6 +77,17 @@ def test_logits_match_transformers(tmp_path, name, overrides, length):
   np.testing.assert_allclose(ours, ref, atol=TOL, rtol=0)
 
 
+@pytest.mark.parametrize("name,overrides,length", [CASES[0], CASES[2]], ids=[CASES[0][0], CASES[2][0]])
+def test_logits_match_transformers_with_pallas_kernels(tmp_path, name, overrides, length):
+  """The same parity with the Pallas kernels (interpret mode on CPU) plugged in through the config."""
+  model = _hf_model(overrides)
+  model.save_pretrained(tmp_path / "hf")
+  cfg, params = llama4_jax.load_hf(str(tmp_path / "hf"), moe_impl="pallas", kernel_interpret=True)
+  ids = _tokens(cfg.vocab_size, length)
+  np.testing.assert_allclose(np.asarray(llama4_jax.forward(cfg, params, ids)), _hf_logits(model, ids), atol=TOL,
+                             rtol=0)
+
+
 def test_temperature_tuning_is_active_in_the_cases():
   # floor_scale 4 makes the NoPE query scale differ from 1 from position 3 on, well inside the test sequences.
   from llama4_jax.ops.attention import temperature_scale

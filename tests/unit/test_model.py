@@ -189,3 +189,11 @@ def test_positions_default_to_restarting_per_segment(tiny):
   docs, tokens, positions, segments = _packed(cfg, N)
   np.testing.assert_array_equal(np.asarray(forward(cfg, params, tokens, None, segments)),
                                 np.asarray(forward(cfg, params, tokens, positions, segments)))
+
+
+def test_pallas_grouped_matmul_moe_equals_sort(tiny):
+  cfg, params = tiny
+  docs, _, _, _ = _packed(cfg, N)
+  sort = np.asarray(forward(cfg, params, docs))
+  pallas = np.asarray(forward(cfg.replace(moe_impl="pallas", kernel_interpret=True), params, docs))
+  np.testing.assert_allclose(pallas, sort, rtol=1e-5, atol=1e-5)
