@@ -15,7 +15,7 @@ from typing import Any, Mapping
 DTYPES = ("float32", "bfloat16", "float16")
 REMAT_POLICIES = ("none", "full", "dots", "dots_with_no_batch_dims")
 MOE_IMPLS = ("sort", "blocked", "dense", "pallas")
-ATTENTION_IMPLS = ("banded", "dense")
+ATTENTION_IMPLS = ("banded", "dense", "pallas")
 ROPE_TYPES = ("default", "llama3")
 
 
@@ -88,7 +88,8 @@ class ModelConfig:
   remat_policy: str = "none"
   scan_unroll: int = 1  # super-blocks per scan iteration; > 1 trades compile time for less loop overhead
   moe_impl: str = "sort"
-  # 'banded': chunked layers attend over 2 * chunk keys per block of queries; 'dense': full masked reference.
+  # 'banded': chunked layers attend over 2 * chunk keys per block of queries; 'dense': full masked reference;
+  # 'pallas': the flash-attention kernel (pallas_kernels/flash_attention) on every layer.
   attention_impl: str = "banded"
   kernel_interpret: bool = False  # run Pallas kernels in interpret mode (CPU tests)
   vision: VisionConfig | None = None

@@ -8,7 +8,8 @@ import jax.numpy as jnp
 from llama4_jax.config import ModelConfig
 from llama4_jax.model.layers import declare, rms_normalize
 from llama4_jax.model.rope import apply_rope
-from llama4_jax.ops.attention import chunked_self_attention, dot_product_attention, temperature_scale
+from llama4_jax.ops.attention import (chunked_self_attention, dot_product_attention, pallas_self_attention,
+                                      temperature_scale)
 
 
 class Attention(nn.Module):
@@ -37,7 +38,10 @@ class Attention(nn.Module):
       scale_BL = temperature_scale(positions_BL, cfg.floor_scale, cfg.attn_scale)
       q_BLHK = (q_BLHK.astype(jnp.float32) * scale_BL[:, :, None, None]).astype(dt)
     chunk = cfg.attention_chunk_size
-    if self.use_rope and chunk is not None and cfg.attention_impl == "banded" and x_BLD.shape[1] > chunk:
+    if cfg.attention_impl == "pallas":
+      out_BLHK = pallas_self_attention(q_BLHK, k_BLGK, v_BLGK, positions_BL, segment_ids_BL,
+                                       chunk if self.use_rope else None, k ** -0.5, cfg.kernel_interpret)
+    elif self.use_rope and chunk is not None and cfg.attention_impl == "banded" and x_BLD.shape[1] > chunk:
       out_BLHK = chunked_self_attention(q_BLHK, k_BLGK, v_BLGK, positions_BL, segment_ids_BL, chunk, k ** -0.5)
     else:
       out_BLHK = dot_product_attention(q_BLHK, k_BLGK, v_BLGK, mask_BLL, scale=k ** -0.5)

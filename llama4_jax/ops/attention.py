@@ -91,3 +91,14 @@ def chunked_self_attention(q_BLHK, k_BLGK, v_BLGK, positions_BL, segment_ids_BL,
   probs = jax.nn.softmax(logits, axis=-1).astype(v_BLGK.dtype)
   out = jnp.einsum("bngrqs,bnsgk->bnqgrk", probs, v_BNSGK).reshape(b, n * c, h, kd)
   return out[:, :l]
+
+
+def pallas_self_attention(q_BLHK, k_BLGK, v_BLGK, positions_BL, segment_ids_BL, chunk_size: int | None,
+                          scale: float, interpret: bool = False):
+  """The Pallas flash-attention kernel (pallas_kernels.flash_attention) with this module's mask semantics:
+  causal by slot, same segment, and (RoPE layers) chunks aligned to each document's position 0."""
+  from pallas_kernels.flash_attention import flash_attention
+
+  return flash_attention(q_BLHK, k_BLGK, v_BLGK, causal=True, chunk_size=chunk_size, segment_ids=segment_ids_BL,
+                         positions=positions_BL if chunk_size is not None else None, scale=scale,
+                         interpret=interpret)

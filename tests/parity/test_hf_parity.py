@@ -82,7 +82,8 @@ def test_logits_match_transformers_with_pallas_kernels(tmp_path, name, overrides
   """The same parity with the Pallas kernels (interpret mode on CPU) plugged in through the config."""
   model = _hf_model(overrides)
   model.save_pretrained(tmp_path / "hf")
-  cfg, params = llama4_jax.load_hf(str(tmp_path / "hf"), moe_impl="pallas", kernel_interpret=True)
+  cfg, params = llama4_jax.load_hf(str(tmp_path / "hf"), moe_impl="pallas", attention_impl="pallas",
+                                   kernel_interpret=True)
   ids = _tokens(cfg.vocab_size, length)
   np.testing.assert_allclose(np.asarray(llama4_jax.forward(cfg, params, ids)), _hf_logits(model, ids), atol=TOL,
                              rtol=0)
