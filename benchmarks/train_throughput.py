@@ -32,7 +32,7 @@ from llama4_jax.config import from_config_dict  # noqa: E402
 from llama4_jax.flops import training_flops_per_step  # noqa: E402
 from llama4_jax.model import init_params  # noqa: E402
 from llama4_jax.train.optimizer import make_optimizer  # noqa: E402
-from llama4_jax.train.step import LossConfig, init_state, train_step  # noqa: E402
+from llama4_jax.train.step import LossConfig, init_state, train_step, synthetic_batch  # noqa: E402
 
 CONFIG = config_flags.DEFINE_config_file("config", os.path.join(ROOT, "configs/base.py") + ":tiny",
                                          "experiment config file[:preset], as for llama4_jax.main")
@@ -47,16 +47,6 @@ PEAK_SHAPES = ((1024, 1024, 1024), (2048, 256, 1024))  # (M, K, N): a square one
 
 def shape_from(config, batch: int, seq: int) -> tuple[int, int]:
   return batch or int(config.data.batch_size), seq or int(config.data.seq_len)
-
-
-def random_batch(vocab: int, batch: int, seq: int, seed: int = 0) -> dict:
-  """One document per row: positions 0..L-1, segment 1 everywhere, every token in the loss."""
-  rs = np.random.RandomState(seed)
-  ones = np.ones((batch, seq), np.int32)
-  return {"inputs": rs.randint(0, vocab, (batch, seq)).astype(np.int32),
-          "targets": rs.randint(0, vocab, (batch, seq)).astype(np.int32),
-          "positions": np.broadcast_to(np.arange(seq, dtype=np.int32), (batch, seq)).copy(),
-          "segment_ids": ones, "loss_mask": ones.copy()}
 
 
 def matmul_peak_gflops(repeats: int) -> dict:
@@ -101,7 +91,7 @@ def main(argv):
   batch_size, seq_len = shape_from(config, BATCH.value, SEQ.value)
   peak_before = matmul_peak_gflops(PEAK_REPEATS.value)
   model_cfg, state, step_fn = build(config)
-  batch = jax.device_put(random_batch(model_cfg.vocab_size, batch_size, seq_len))
+  batch = jax.device_put(synthetic_batch(model_cfg.vocab_size, batch_size, seq_len))
   key = jax.random.key(config.seed)
   t0 = time.perf_counter()
   state, metrics = jax.block_until_ready(step_fn(state, batch, jax.random.fold_in(key, 0)))

@@ -36,7 +36,7 @@ import llama4_jax  # noqa: E402
 from llama4_jax.config import from_config_dict  # noqa: E402
 from llama4_jax.model import init_params  # noqa: E402
 from llama4_jax.train.optimizer import make_optimizer  # noqa: E402
-from llama4_jax.train.step import LossConfig, init_state, train_step  # noqa: E402
+from llama4_jax.train.step import LossConfig, init_state, train_step, synthetic_batch  # noqa: E402
 
 CONFIG = config_flags.DEFINE_config_file("config", os.path.join(ROOT, "configs/base.py") + ":tiny",
                                          "experiment config file[:preset], as for llama4_jax.main")
@@ -46,16 +46,6 @@ SEQ = flags.DEFINE_integer("seq", 256, "tokens per row (0: config.data.seq_len)"
 ROUNDS = flags.DEFINE_integer("rounds", 10, "alternating timed rounds (one step of each side per round)")
 WARMUP = flags.DEFINE_integer("warmup", 2, "untimed steps of each side after our compile")
 THREADS = flags.DEFINE_integer("torch_threads", 2, "torch.set_num_threads")
-
-
-def random_batch(vocab: int, batch: int, seq: int, seed: int = 0) -> dict:
-  """One document per row: positions 0..L-1, segment 1 everywhere, every token in the loss."""
-  rs = np.random.RandomState(seed)
-  ones = np.ones((batch, seq), np.int32)
-  return {"inputs": rs.randint(0, vocab, (batch, seq)).astype(np.int32),
-          "targets": rs.randint(0, vocab, (batch, seq)).astype(np.int32),
-          "positions": np.broadcast_to(np.arange(seq, dtype=np.int32), (batch, seq)).copy(),
-          "segment_ids": ones, "loss_mask": ones.copy()}
 
 
 def load_hf_model(model_cfg, params, directory: str):
@@ -144,7 +134,7 @@ def main(argv):
   batch_size = BATCH.value or int(config.data.batch_size)
   seq_len = SEQ.value or int(config.data.seq_len)
   params = init_params(model_cfg, jax.random.key(config.seed))
-  batch = random_batch(model_cfg.vocab_size, batch_size, seq_len)
+  batch = synthetic_batch(model_cfg.vocab_size, batch_size, seq_len)
   with tempfile.TemporaryDirectory() as tmp:
     hf_model = load_hf_model(model_cfg, params, tmp)
   # Agreement check on the untrained weights, before any update (and before our step donates the params).

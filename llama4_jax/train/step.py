@@ -13,6 +13,7 @@ from typing import Any
 import flax
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from llama4_jax.config import ModelConfig
@@ -39,6 +40,16 @@ class TrainState:
   opt_state: Any
   nonfinite_in_a_row: jax.Array  # consecutive skipped updates
   nonfinite_total: jax.Array
+
+
+def synthetic_batch(vocab: int, batch: int, seq: int, seed: int = 0) -> dict:
+  """A random batch in the train-step format, one document per row (benchmarks, smoke checks)."""
+  rs = np.random.RandomState(seed)
+  ones = np.ones((batch, seq), np.int32)
+  return {"inputs": rs.randint(0, vocab, (batch, seq)).astype(np.int32),
+          "targets": rs.randint(0, vocab, (batch, seq)).astype(np.int32),
+          "positions": np.broadcast_to(np.arange(seq, dtype=np.int32), (batch, seq)).copy(),
+          "segment_ids": ones, "loss_mask": ones.copy()}
 
 
 def init_state(params, tx) -> TrainState:

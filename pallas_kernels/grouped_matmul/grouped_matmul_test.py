@@ -168,7 +168,7 @@ def test_row_tile_groups_metadata():
   np.testing.assert_array_equal(count_R, [3, 2, 1, 0])
 
 
-@pytest.mark.skipif(jax.default_backend() != 'cpu', reason='CPU dispatch rule')
+@pytest.mark.skipif(jax.default_backend() != 'cpu', reason='checks the CPU default (XLA reference); on GPU gmm runs the kernel')
 def test_cpu_default_is_the_xla_reference():
   lhs_TK, rhs_EKN, d_out_TN = _inputs(20, 8, 8, 2)
   group_sizes_E = jnp.array([5, 9], jnp.int32)
