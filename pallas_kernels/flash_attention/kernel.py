@@ -100,6 +100,16 @@ def _dot(a, b, contract_a, contract_b):
                              preferred_element_type=jnp.float32)
 
 
+def _kv_block(j, k_ref, v_ref, kseg_ref, kpos_ref, q_idx, q_seg, q_pos, *, block_k, seq_len, causal, chunk_size):
+  """Loads kv block j and its [block_q, block_k] visibility mask for the query block (forward and dq kernels)."""
+  rows = pl.ds(j * block_k, block_k)
+  k_idx = j * block_k + jnp.arange(block_k, dtype=jnp.int32)
+  k_seg = kseg_ref[rows] if kseg_ref is not None else None
+  k_pos = kpos_ref[rows] if kpos_ref is not None else None
+  mask = _block_mask(q_idx, k_idx, q_seg, k_seg, q_pos, k_pos, seq_len=seq_len, causal=causal, chunk_size=chunk_size)
+  return k_ref[rows, :], v_ref[rows, :], mask
+
+
 def _fwd_kernel(*refs, scale, causal, chunk_size, seq_len, block_q, block_k, has_segments, has_positions):
   (q_ref, k_ref, v_ref), (qseg_ref, kseg_ref), (qpos_ref, kpos_ref), (o_ref, lse_ref) = _split_refs(
       refs, 3, 2, has_segments, has_positions)
@@ -113,13 +123,8 @@ def _fwd_kernel(*refs, scale, causal, chunk_size, seq_len, block_q, block_k, has
 
   def body(j, carry):
     m, l, acc = carry
-    k = k_ref[pl.ds(j * block_k, block_k), :]
-    v = v_ref[pl.ds(j * block_k, block_k), :]
-    k_idx = j * block_k + jnp.arange(block_k, dtype=jnp.int32)
-    k_seg = kseg_ref[pl.ds(j * block_k, block_k)] if has_segments else None
-    k_pos = kpos_ref[pl.ds(j * block_k, block_k)] if has_positions else None
-    mask = _block_mask(q_idx, k_idx, q_seg, k_seg, q_pos, k_pos, seq_len=seq_len, causal=causal,
-                       chunk_size=chunk_size)
+    k, v, mask = _kv_block(j, k_ref, v_ref, kseg_ref, kpos_ref, q_idx, q_seg, q_pos, block_k=block_k,
+                           seq_len=seq_len, causal=causal, chunk_size=chunk_size)
     s = jnp.where(mask, _dot(q, k, 1, 1) * scale, NEG)
     m_new = jnp.maximum(m, jnp.max(s, axis=1))
     alpha = jnp.exp(m - m_new)  # rescales the running sums to the new max (online softmax)
@@ -187,13 +192,8 @@ def _dq_kernel(*refs, scale, causal, chunk_size, seq_len, block_q, block_k, has_
                           chunk_size=chunk_size, by_position=has_positions)
 
   def body(j, dq):
-    k = k_ref[pl.ds(j * block_k, block_k), :]
-    v = v_ref[pl.ds(j * block_k, block_k), :]
-    k_idx = j * block_k + jnp.arange(block_k, dtype=jnp.int32)
-    k_seg = kseg_ref[pl.ds(j * block_k, block_k)] if has_segments else None
-    k_pos = kpos_ref[pl.ds(j * block_k, block_k)] if has_positions else None
-    mask = _block_mask(q_idx, k_idx, q_seg, k_seg, q_pos, k_pos, seq_len=seq_len, causal=causal,
-                       chunk_size=chunk_size)
+    k, v, mask = _kv_block(j, k_ref, v_ref, kseg_ref, kpos_ref, q_idx, q_seg, q_pos, block_k=block_k,
+                           seq_len=seq_len, causal=causal, chunk_size=chunk_size)
     p = jnp.where(mask, jnp.exp(_dot(q, k, 1, 1) * scale - lse[:, None]), 0.0)
     ds = p * (_dot(do, v, 1, 1) - delta[:, None])  # softmax backward: p * (dp - rowsum(p * dp))
     return dq + _dot(ds.astype(k.dtype), k, 1, 0)
