@@ -100,6 +100,16 @@ def _dot(a, b, contract_a, contract_b):
                              preferred_element_type=jnp.float32)
 
 
+def _q_block(qi, qseg_ref, qpos_ref, *, block_q, block_k, seq_len, causal, chunk_size):
+  """Slot indices, segments and positions of query block qi, and the range of kv blocks it must visit."""
+  q_idx = qi * block_q + jnp.arange(block_q, dtype=jnp.int32)
+  q_seg = qseg_ref[...] if qseg_ref is not None else None
+  q_pos = qpos_ref[...] if qpos_ref is not None else None
+  bounds = kv_block_range(qi, block_q=block_q, block_k=block_k, seq_len=seq_len, causal=causal,
+                          chunk_size=chunk_size, by_position=qpos_ref is not None)
+  return q_idx, q_seg, q_pos, bounds
+
+
 def _kv_block(j, k_ref, v_ref, kseg_ref, kpos_ref, q_idx, q_seg, q_pos, *, block_k, seq_len, causal, chunk_size):
   """Loads kv block j and its [block_q, block_k] visibility mask for the query block (forward and dq kernels)."""
   rows = pl.ds(j * block_k, block_k)
@@ -115,11 +125,8 @@ def _fwd_kernel(*refs, scale, causal, chunk_size, seq_len, block_q, block_k, has
       refs, 3, 2, has_segments, has_positions)
   qi = pl.program_id(0)
   q = q_ref[...]
-  q_idx = qi * block_q + jnp.arange(block_q, dtype=jnp.int32)
-  q_seg = qseg_ref[...] if has_segments else None
-  q_pos = qpos_ref[...] if has_positions else None
-  lo, hi = kv_block_range(qi, block_q=block_q, block_k=block_k, seq_len=seq_len, causal=causal,
-                          chunk_size=chunk_size, by_position=has_positions)
+  q_idx, q_seg, q_pos, (lo, hi) = _q_block(qi, qseg_ref, qpos_ref, block_q=block_q, block_k=block_k,
+                                            seq_len=seq_len, causal=causal, chunk_size=chunk_size)
 
   def body(j, carry):
     m, l, acc = carry
@@ -185,11 +192,8 @@ def _dq_kernel(*refs, scale, causal, chunk_size, seq_len, block_q, block_k, has_
       _split_refs(refs, 6, 1, has_segments, has_positions))
   qi = pl.program_id(0)
   q, do, lse, delta = q_ref[...], do_ref[...], lse_ref[...], delta_ref[...]
-  q_idx = qi * block_q + jnp.arange(block_q, dtype=jnp.int32)
-  q_seg = qseg_ref[...] if has_segments else None
-  q_pos = qpos_ref[...] if has_positions else None
-  lo, hi = kv_block_range(qi, block_q=block_q, block_k=block_k, seq_len=seq_len, causal=causal,
-                          chunk_size=chunk_size, by_position=has_positions)
+  q_idx, q_seg, q_pos, (lo, hi) = _q_block(qi, qseg_ref, qpos_ref, block_q=block_q, block_k=block_k,
+                                            seq_len=seq_len, causal=causal, chunk_size=chunk_size)
 
   def body(j, dq):
     k, v, mask = _kv_block(j, k_ref, v_ref, kseg_ref, kpos_ref, q_idx, q_seg, q_pos, block_k=block_k,
