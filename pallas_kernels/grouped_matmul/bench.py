@@ -4,12 +4,16 @@ The dense baseline is one [T, K] @ [K, N] matmul: the same 2*T*K*N FLOPs as a
 grouped matmul where every row is in some group. Prints one JSON line per
 (implementation, pass, E); benchmarks measure, they never assert.
 
-On CPU the kernel can only run in interpret mode: its numbers are NOT a
-performance signal (the kernel body is emulated op by op); only the reported
-max error against the reference is meaningful there. Run on a GPU for timings.
+``--backend`` picks the kernel: 'gpu' (Pallas Triton) or 'tpu' (Mosaic);
+'auto' takes the default device's kernel ('gpu' on CPU). A kernel whose
+platform is not the default device runs in interpret mode (the TPU kernel in
+TPU interpret mode): its numbers are NOT a performance signal (the kernel body
+is emulated op by op); only the reported max error against the reference is
+meaningful there. Run on a GPU or TPU for timings.
 
   python -m pallas_kernels.grouped_matmul.bench            # E = 8..128
   python -m pallas_kernels.grouped_matmul.bench --quick    # tiny smoke run
+  python -m pallas_kernels.grouped_matmul.bench --backend tpu --quick
 """
 
 import argparse
@@ -48,13 +52,14 @@ def _with_grads(fn):
   return jax.grad(loss, argnums=(0, 1))
 
 
-def bench_one(T, K, N, E, dtype, tiling, interpret, reps):
+def bench_one(T, K, N, E, dtype, tiling, backend, interpret, reps):
   k1, k2, k3 = jax.random.split(jax.random.key(E), 3)
   lhs_TK = jax.random.normal(k1, (T, K), jnp.float32).astype(dtype)
   rhs_EKN = jax.random.normal(k2, (E, K, N), jnp.float32).astype(dtype)
   d_out_TN = jax.random.normal(k3, (T, N), jnp.float32)
   sizes_E = _routed_group_sizes(T, E, seed=E)
-  kernel_fn = lambda l, r, g: gmm(l, r, g, interpret=interpret, tiling=tiling)
+  kernel_fn = lambda l, r, g: gmm(l, r, g, interpret=interpret, tiling=tiling,
+                                  backend=backend)
   impls = {'kernel': kernel_fn, 'reference': gmm_reference,
            'dense': lambda l, r, g: l @ r[0]}
   want_TN = jax.jit(gmm_reference)(lhs_TK, rhs_EKN, sizes_E)
@@ -70,7 +75,8 @@ def bench_one(T, K, N, E, dtype, tiling, interpret, reps):
       rows.append({'impl': name, 'pass': pass_name, 'E': E, 'T': T, 'K': K,
                    'N': N, 'dtype': jnp.dtype(dtype).name, 'ms': round(ms, 3),
                    'tflops': round(flops / ms / 1e9, 4),
-                   'kernel_max_abs_err': err, 'interpret': interpret,
+                   'kernel_max_abs_err': err, 'backend': backend,
+                   'interpret': interpret,
                    'tiling': list(tiling), 'device': jax.devices()[0].device_kind})
   return rows
 
@@ -84,18 +90,26 @@ def main():
   parser.add_argument('--dtype', default='float32')
   parser.add_argument('--tiling', type=int, nargs=3, default=[128, 128, 128])
   parser.add_argument('--reps', type=int, default=3)
+  parser.add_argument('--backend', choices=['auto', 'gpu', 'tpu'],
+                      default='auto', help="kernel to time; 'auto': the "
+                      "default device's ('gpu' when that is a CPU)")
   parser.add_argument('--quick', action='store_true', help='tiny shapes, E=8,16')
   args = parser.parse_args()
   if args.quick:
     args.tokens, args.k, args.n, args.experts, args.reps = 128, 64, 64, [8, 16], 1
-  interpret = jax.default_backend() != 'gpu'  # the kernel targets Pallas Triton
+  platform = jax.default_backend()
+  backend = args.backend
+  if backend == 'auto':
+    backend = platform if platform in ('gpu', 'tpu') else 'gpu'
+  interpret = backend != platform
   if interpret:
-    print(json.dumps({'note': 'no GPU backend: kernel runs in Pallas interpret mode;'
-                              ' timings are not a performance signal, only '
+    print(json.dumps({'note': f'no {backend.upper()} backend: the {backend} '
+                              'kernel runs in Pallas interpret mode; timings '
+                              'are not a performance signal, only '
                               'kernel_max_abs_err is meaningful'}))
   for E in args.experts:
     for row in bench_one(args.tokens, args.k, args.n, E, jnp.dtype(args.dtype),
-                         tuple(args.tiling), interpret, args.reps):
+                         tuple(args.tiling), backend, interpret, args.reps):
       print(json.dumps(row), flush=True)
 
 
