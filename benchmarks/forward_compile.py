@@ -20,8 +20,8 @@ from absl import app, flags  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
-from configs import models  # noqa: E402
-from llama4_jax.config import from_config_dict  # noqa: E402
+from configs import base as base_configs  # noqa: E402
+from llama4_jax.config import model_config  # noqa: E402
 from llama4_jax.model import apply, init_params  # noqa: E402
 
 FLAGS = flags.DEFINE_string("preset", "tiny", "model preset from configs/models.py")
@@ -57,7 +57,7 @@ def measure(cfg, batch, seq, repeats):
 
 def main(argv):
   del argv
-  base = from_config_dict(models.PRESETS[FLAGS.value]())
+  base = model_config(base_configs.get_config(FLAGS.value))
   print(json.dumps({"preset": FLAGS.value, "device": str(jax.devices()[0]), "batch": BATCH.value, "seq": SEQ.value,
                     **measure(base, BATCH.value, SEQ.value, REPEATS.value)}))
   for depth in (int(d) for d in DEPTHS.value.split(",")):

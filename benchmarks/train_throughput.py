@@ -28,7 +28,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from llama4_jax.config import from_config_dict  # noqa: E402
+from llama4_jax.config import model_config  # noqa: E402
 from llama4_jax.flops import training_flops_per_step  # noqa: E402
 from llama4_jax.model import init_params  # noqa: E402
 from llama4_jax.train.optimizer import make_optimizer  # noqa: E402
@@ -68,7 +68,7 @@ def matmul_peak_gflops(repeats: int) -> dict:
 
 def build(config):
   """(model_cfg, state, jitted donated step) exactly as llama4_jax.train.loop.run_stage builds them."""
-  model_cfg = from_config_dict(config.model)
+  model_cfg = model_config(config)
   params = init_params(model_cfg, jax.random.key(config.seed))
   tx, schedule = make_optimizer(config.optim, params, config.train.steps)
   state = init_state(params, tx)

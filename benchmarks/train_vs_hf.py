@@ -33,7 +33,7 @@ import numpy as np  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 import llama4_jax  # noqa: E402
-from llama4_jax.config import from_config_dict  # noqa: E402
+from llama4_jax.config import model_config  # noqa: E402
 from llama4_jax.model import init_params  # noqa: E402
 from llama4_jax.train.optimizer import make_optimizer  # noqa: E402
 from llama4_jax.train.step import LossConfig, init_state, train_step, synthetic_batch  # noqa: E402
@@ -130,7 +130,7 @@ def main(argv):
   import transformers
   torch.set_num_threads(THREADS.value)
   config = CONFIG.value
-  model_cfg = from_config_dict(config.model)
+  model_cfg = model_config(config)
   batch_size = BATCH.value or int(config.data.batch_size)
   seq_len = SEQ.value or int(config.data.seq_len)
   params = init_params(model_cfg, jax.random.key(config.seed))

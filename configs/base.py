@@ -1,6 +1,6 @@
 """Base experiment config: every default in one place. Usage: --config=configs/base.py:<preset>.
 
-Sections: model (configs/models.py presets), data, optim, train, and the stage list (`stages` + `stage_order`).
+Sections: model (configs/models.py presets), kernels, mesh, expert_parallel, data, optim, train, and the stage list (`stages` + `stage_order`).
 A stage's `overrides` is a nested dict applied on top of these sections for that stage only.
 """
 
@@ -34,6 +34,20 @@ def train_config():
       reset_optimizer=True, tensorboard=True, progress=True))
 
 
+# Kernel choice per preset: the tiny model targets CPUs (block-padded expert matmuls); the rest accelerators.
+CPU_PRESETS = ("tiny",)
+
+
+def kernels_config(preset: str):
+  """How the model computes; plugs the Pallas kernels in (pallas_kernels/) without touching the model section.
+
+  moe: 'ragged_dot' | 'blocked' | 'dense' | 'pallas';  attention: 'xla' | 'dense' | 'pallas';
+  interpret: run Pallas kernels in interpret mode (CPU tests).
+  """
+  return ml_collections.ConfigDict(dict(
+      moe="blocked" if preset in CPU_PRESETS else "ragged_dot", attention="xla", interpret=False))
+
+
 def stage(kind="lm", **overrides):
   return ml_collections.ConfigDict(dict(kind=kind, overrides=ml_collections.ConfigDict(overrides)))
 
@@ -45,6 +59,10 @@ def get_config(preset: str = "tiny"):
   config.preset = preset
   config.seed = 0
   config.model = models.PRESETS[preset]()
+  config.kernels = kernels_config(preset)
+  # Device mesh (product = device count; -1 = the rest) and expert-parallel transport (llama4_jax/sharding.py).
+  config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, expert=1, tensor=1))
+  config.expert_parallel = ml_collections.ConfigDict(dict(transport="all_to_all", capacity_factor=2.0))
   config.data = data_config()
   config.optim = optim_config()
   config.train = train_config()

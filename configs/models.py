@@ -29,8 +29,7 @@ def base_model():
       attn_temperature_tuning=True, floor_scale=8192.0, attn_scale=0.1, rope_theta=500000.0,
       rope_scaling=_llama3_scaling(False), rms_norm_eps=1e-5, max_position_embeddings=262144,
       initializer_range=0.02, bos_token_id=200000, eos_token_id=200001, pad_token_id=200018,
-      dtype="float32", param_dtype="float32", remat_policy="none", scan_unroll=1, moe_impl="sort",
-      attention_impl="banded", kernel_interpret=False,
+      dtype="float32", param_dtype="float32", remat_policy="none", scan_unroll=1,
       vision=_vision(False)))
 
 
@@ -42,8 +41,7 @@ def tiny():
                 num_experts_per_tok=1, interleave_moe_layer_step=2, no_rope_layer_interval=4, attention_chunk_size=64,
                 use_qk_norm=True, attn_temperature_tuning=True, floor_scale=64.0, attn_scale=0.1,
                 max_position_embeddings=4096, bos_token_id=3840, eos_token_id=3841, pad_token_id=3858,
-                # CPU-friendly execution: block-padded expert matmuls, both super-blocks unrolled.
-                moe_impl="blocked", scan_unroll=2))
+                scan_unroll=2))  # both super-blocks unrolled: less loop overhead on CPU
   m.rope_scaling = _llama3_scaling(True)
   return m
 

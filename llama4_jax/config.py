@@ -14,8 +14,10 @@ from typing import Any, Mapping
 
 DTYPES = ("float32", "bfloat16", "float16")
 REMAT_POLICIES = ("none", "full", "dots", "dots_with_no_batch_dims")
-MOE_IMPLS = ("sort", "blocked", "dense", "pallas")
-ATTENTION_IMPLS = ("banded", "dense", "pallas")
+MOE_IMPLS = ("ragged_dot", "blocked", "dense", "pallas")
+ATTENTION_IMPLS = ("xla", "dense", "pallas")
+# The experiment config's `kernels` section (the only place experiments choose kernels) -> ModelConfig fields.
+KERNEL_KEYS = {"moe": "moe_impl", "attention": "attention_impl", "interpret": "kernel_interpret"}
 ROPE_TYPES = ("default", "llama3")
 
 
@@ -87,10 +89,14 @@ class ModelConfig:
   param_dtype: str = "float32"  # storage dtype of the parameters
   remat_policy: str = "none"
   scan_unroll: int = 1  # super-blocks per scan iteration; > 1 trades compile time for less loop overhead
-  moe_impl: str = "sort"
-  # 'banded': chunked layers attend over 2 * chunk keys per block of queries; 'dense': full masked reference;
+  # Set from the experiment's `kernels.moe`: 'ragged_dot' (jax.lax.ragged_dot over expert-sorted rows, the
+  # accelerator path), 'blocked' (expert-pure row blocks + batched matmuls, the fast CPU path), 'dense' (one-hot
+  # oracle), 'pallas' (pallas_kernels/grouped_matmul).
+  moe_impl: str = "ragged_dot"
+  # Set from `kernels.attention`: 'xla': chunked layers attend over 2 * chunk keys per block of queries (banded),
+  # global layers use the masked XLA softmax; 'dense': full masked reference on every layer;
   # 'pallas': the flash-attention kernel (pallas_kernels/flash_attention) on every layer.
-  attention_impl: str = "banded"
+  attention_impl: str = "xla"
   kernel_interpret: bool = False  # run Pallas kernels in interpret mode (CPU tests)
   vision: VisionConfig | None = None
 
@@ -162,7 +168,8 @@ def validate(cfg: ModelConfig) -> None:
   for name, allowed in (("dtype", DTYPES), ("param_dtype", DTYPES), ("remat_policy", REMAT_POLICIES),
                         ("moe_impl", MOE_IMPLS), ("attention_impl", ATTENTION_IMPLS)):
     if getattr(cfg, name) not in allowed:
-      raise ConfigError(f"model.{name}={getattr(cfg, name)!r} is not one of {allowed}")
+      where = {v: f"kernels.{k}" for k, v in KERNEL_KEYS.items()}.get(name, f"model.{name}")
+      raise ConfigError(f"{where}={getattr(cfg, name)!r} is not one of {allowed}")
   rs = cfg.rope_scaling
   if rs is not None:
     if rs.rope_type not in ROPE_TYPES:
@@ -188,9 +195,10 @@ def _build(cls, values: Mapping[str, Any], prefix: str):
   return {k: v for k, v in values.items()}
 
 
-def from_config_dict(cd: Any) -> ModelConfig:
-  """ConfigDict (or plain mapping) for `config.model` -> validated frozen ModelConfig.
+def from_config_dict(cd: Any, kernels: Any = None) -> ModelConfig:
+  """ConfigDict (or plain mapping) for `config.model` (+ optional `config.kernels`) -> validated frozen ModelConfig.
 
+  `kernels` is a mapping with keys among `moe`, `attention`, `interpret` (see KERNEL_KEYS); unknown keys are errors.
   `rope_scaling` may be None, a mapping with `rope_type='default'` (no scaling) or a llama3 mapping; `vision` may be
   None or a mapping with `enabled=False`.
   """
@@ -198,6 +206,13 @@ def from_config_dict(cd: Any) -> ModelConfig:
   rope = values.pop("rope_scaling", None)
   vision = values.pop("vision", None)
   kwargs = _build(ModelConfig, values, "model.")
+  if kernels is not None:
+    kernels = dict(kernels.to_dict() if hasattr(kernels, "to_dict") else kernels)
+    unknown = sorted(set(kernels) - set(KERNEL_KEYS))
+    if unknown:
+      raise ConfigError(f"unknown key(s) {', '.join('kernels.' + k for k in unknown)}; known keys: {sorted(KERNEL_KEYS)}")
+    for key, value in kernels.items():
+      kwargs[KERNEL_KEYS[key]] = value
   if rope is not None:
     rope = dict(rope)
     if rope.get("rope_type", "llama3") == "default":
@@ -209,6 +224,11 @@ def from_config_dict(cd: Any) -> ModelConfig:
     enabled = vision.pop("enabled", True)
     vision = VisionConfig(**_build(VisionConfig, vision, "model.vision.")) if enabled else None
   return ModelConfig(**kwargs, rope_scaling=rope, vision=vision)
+
+
+def model_config(config: Any) -> ModelConfig:
+  """The ModelConfig of a whole experiment config: its `model` section with its `kernels` section (if any)."""
+  return from_config_dict(config.model, config.get("kernels") if hasattr(config, "get") else None)
 
 
 def to_dict(cfg: ModelConfig) -> dict[str, Any]:

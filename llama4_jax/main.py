@@ -1,6 +1,11 @@
 """Entry point: parses flags and runs the experiment.
 
     python -m llama4_jax.main --config=configs/default.py[:variant] --workdir=<dir> [--config.<key>=<value> ...]
+
+Multi-process (JAX's multi-controller runtime): every process runs this same command plus either
+`--distributed` (cluster auto-detection: TPU pod slices, SLURM, Open MPI) or explicit
+`--coordinator_address=host:port --num_processes=N --process_id=i` (what `python -m llama4_jax.launch` passes to
+local CPU processes).
 """
 
 import os
@@ -13,12 +18,30 @@ from ml_collections import config_flags  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config file[:variant]", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "directory for checkpoints and metrics")
+_DISTRIBUTED = flags.DEFINE_bool("distributed", False, "call jax.distributed.initialize() with auto-detection")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process runs)")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "number of processes (with --coordinator_address)")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "this process's index (with --coordinator_address)")
 flags.mark_flags_as_required(["config", "workdir"])
+
+
+def initialize_distributed() -> None:
+  """jax.distributed.initialize when configured; must run before any other JAX call."""
+  if not (_DISTRIBUTED.value or _COORDINATOR.value):
+    return
+  import jax
+  if _COORDINATOR.value and (_NUM_PROCESSES.value is None or _PROCESS_ID.value is None):
+    raise app.UsageError("--coordinator_address needs --num_processes and --process_id")
+  if os.environ.get("JAX_PLATFORMS", "") == "cpu":
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")  # cross-process collectives on CPU
+  jax.distributed.initialize(coordinator_address=_COORDINATOR.value, num_processes=_NUM_PROCESSES.value,
+                             process_id=_PROCESS_ID.value)
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  initialize_distributed()
   from llama4_jax.train.loop import NonFiniteError, Preempted, train_and_evaluate
   try:
     train_and_evaluate(_CONFIG.value, _WORKDIR.value)

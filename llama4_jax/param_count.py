@@ -64,10 +64,10 @@ def _human(n: int) -> str:
 def main(argv):
   del argv
   from ml_collections import config_flags  # noqa: F401 (flag defined below)
-  from llama4_jax.config import from_config_dict
+  from llama4_jax.config import model_config
 
   config = _CONFIG.value
-  cfg = from_config_dict(config.model)
+  cfg = model_config(config)
   print(format_table({config.get("preset", "model"): count(cfg)}))
 
 

@@ -35,9 +35,14 @@ def param_logical_axes(cfg: ModelConfig):
   return nn.get_partition_spec(boxed)
 
 
-def apply(cfg: ModelConfig, params, tokens_BL, positions_BL=None, segment_ids_BL=None, embeddings_BLD=None):
-  """(logits_BLV float32, aux) with aux['moe'] = per-layer router statistics stacked over blocks."""
-  return Transformer(cfg).apply({"params": params}, tokens_BL, positions_BL, segment_ids_BL, embeddings_BLD)
+def apply(cfg: ModelConfig, params, tokens_BL, positions_BL=None, segment_ids_BL=None, embeddings_BLD=None,
+          parallel=None):
+  """(logits_BLV float32, aux) with aux['moe'] = per-layer router statistics stacked over blocks.
+
+  `parallel` (llama4_jax.sharding.Parallel) runs the model sharded over its mesh: activation constraints at block
+  boundaries and expert parallelism for the routed experts. Call it under `jax.jit` with sharded inputs.
+  """
+  return Transformer(cfg, parallel).apply({"params": params}, tokens_BL, positions_BL, segment_ids_BL, embeddings_BLD)
 
 
 @functools.partial(jax.jit, static_argnums=0)

@@ -2,19 +2,26 @@
 
 from __future__ import annotations
 
+import functools
+from typing import Any
+
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
 
 from llama4_jax.config import ModelConfig
 from llama4_jax.model.layers import declare, rms_normalize
 from llama4_jax.model.rope import apply_rope
 from llama4_jax.ops.attention import (chunked_self_attention, dot_product_attention, pallas_self_attention,
                                       temperature_scale)
+from llama4_jax.sharding import BATCH_AXES
 
 
 class Attention(nn.Module):
   cfg: ModelConfig
   use_rope: bool
+  parallel: Any = None  # sharding.Parallel; the Pallas kernel then runs per shard (batch x heads) in a shard_map
 
   @nn.compact
   def __call__(self, x_BLD, positions_BL, segment_ids_BL, cos_sin, mask_BLL):
@@ -39,9 +46,14 @@ class Attention(nn.Module):
       q_BLHK = (q_BLHK.astype(jnp.float32) * scale_BL[:, :, None, None]).astype(dt)
     chunk = cfg.attention_chunk_size
     if cfg.attention_impl == "pallas":
-      out_BLHK = pallas_self_attention(q_BLHK, k_BLGK, v_BLGK, positions_BL, segment_ids_BL,
-                                       chunk if self.use_rope else None, k ** -0.5, cfg.kernel_interpret)
-    elif self.use_rope and chunk is not None and cfg.attention_impl == "banded" and x_BLD.shape[1] > chunk:
+      kernel = functools.partial(pallas_self_attention, chunk_size=chunk if self.use_rope else None,
+                                 scale=k ** -0.5, interpret=cfg.kernel_interpret)
+      if self.parallel is not None:  # a pallas_call is not partitioned automatically
+        heads, rows = P(BATCH_AXES, None, "tensor", None), P(BATCH_AXES, None)
+        kernel = jax.shard_map(kernel, mesh=self.parallel.mesh, in_specs=(heads, heads, heads, rows, rows),
+                               out_specs=heads)
+      out_BLHK = kernel(q_BLHK, k_BLGK, v_BLGK, positions_BL, segment_ids_BL)
+    elif self.use_rope and chunk is not None and cfg.attention_impl == "xla" and x_BLD.shape[1] > chunk:
       out_BLHK = chunked_self_attention(q_BLHK, k_BLGK, v_BLGK, positions_BL, segment_ids_BL, chunk, k ** -0.5)
     else:
       out_BLHK = dot_product_attention(q_BLHK, k_BLGK, v_BLGK, mask_BLL, scale=k ** -0.5)

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
 
 from llama4_jax.config import ModelConfig
 from llama4_jax.model.layers import MLP, declare
+from llama4_jax.ops import expert_parallel
 from llama4_jax.ops import moe as moe_ops
 
 
 class MoE(nn.Module):
   cfg: ModelConfig
+  parallel: Any = None  # sharding.Parallel: routed experts run expert-parallel inside a shard_map
 
   @nn.compact
   def __call__(self, x_BLD, valid_BL):
@@ -26,10 +29,16 @@ class MoE(nn.Module):
     down = declare(self, "down", (e, f, d), ("experts", "expert_mlp", "embed"), cfg).astype(dt)
     x_TD = x_BLD.reshape(b * l, d)
     scores_TK, experts_TK, logits_TE = moe_ops.route(x_TD, router, cfg.num_experts_per_tok)
-    dispatch = moe_ops.DISPATCH[cfg.moe_impl]
-    if cfg.moe_impl == "pallas":
-      dispatch = functools.partial(dispatch, interpret=cfg.kernel_interpret)
-    routed_TD = dispatch(x_TD, scores_TK, experts_TK, gate_up, down)
+    if self.parallel is not None:
+      routed_TD, dropped = expert_parallel.moe_expert_parallel(
+          self.parallel, x_TD, scores_TK, experts_TK, gate_up, down, impl=cfg.moe_impl,
+          interpret=cfg.kernel_interpret)
+    else:
+      dispatch = moe_ops.DISPATCH[cfg.moe_impl]
+      if cfg.moe_impl == "pallas":
+        dispatch = functools.partial(dispatch, interpret=cfg.kernel_interpret)
+      routed_TD, dropped = dispatch(x_TD, scores_TK, experts_TK, gate_up, down), jnp.zeros((), jnp.int32)
+    # The shared expert and the router run under the normal (automatic) sharding, outside the shard_map.
     shared_BLD = MLP(cfg, cfg.intermediate_size, axis="expert_mlp", name="shared")(x_BLD)
-    stats = moe_ops.load_statistics(logits_TE, experts_TK, valid_BL.reshape(-1))
+    stats = dict(moe_ops.load_statistics(logits_TE, experts_TK, valid_BL.reshape(-1)), dropped=dropped)
     return shared_BLD + routed_TD.reshape(b, l, d).astype(dt), stats

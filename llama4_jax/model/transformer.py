@@ -8,9 +8,12 @@ i = block * block_size + j.
 
 from __future__ import annotations
 
+from typing import Any
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
 
 from llama4_jax.config import ModelConfig
 from llama4_jax.model.attention import Attention
@@ -18,6 +21,7 @@ from llama4_jax.model.layers import MLP, RMSNorm, declare, dtype_of
 from llama4_jax.model.moe import MoE
 from llama4_jax.model.rope import inverse_frequencies, rope_cos_sin
 from llama4_jax.ops.attention import self_attention_masks
+from llama4_jax.sharding import ACTIVATION_SPEC, BATCH_AXES, EMBED_TABLE_SPEC
 
 REMAT_POLICIES = {
     "full": jax.checkpoint_policies.nothing_saveable,
@@ -37,6 +41,7 @@ def positions_from_segments(segment_ids_BL):
 class DecoderLayer(nn.Module):
   cfg: ModelConfig
   index: int  # position inside the super-block; its kind is the same in every block
+  parallel: Any = None  # llama4_jax.sharding.Parallel for a sharded run, None on one device
 
   @nn.compact
   def __call__(self, x_BLD, ctx):
@@ -44,11 +49,11 @@ class DecoderLayer(nn.Module):
     use_rope = cfg.is_rope_layer(self.index)
     mask = ctx["chunked_mask"] if use_rope else ctx["global_mask"]
     h = RMSNorm(cfg, name="attn_norm")(x_BLD)
-    x_BLD = x_BLD + Attention(cfg, use_rope, name="attn")(h, ctx["positions"], ctx["segment_ids"], ctx["cos_sin"],
+    x_BLD = x_BLD + Attention(cfg, use_rope, self.parallel, name="attn")(h, ctx["positions"], ctx["segment_ids"], ctx["cos_sin"],
                                                         mask)
     h = RMSNorm(cfg, name="ffn_norm")(x_BLD)
     if cfg.is_moe_layer(self.index):
-      out, stats = MoE(cfg, name="moe")(h, ctx["segment_ids"] != 0)
+      out, stats = MoE(cfg, self.parallel, name="moe")(h, ctx["segment_ids"] != 0)
     else:
       out, stats = MLP(cfg, cfg.intermediate_size_mlp, name="mlp")(h), None
     return x_BLD + out, stats
@@ -56,12 +61,15 @@ class DecoderLayer(nn.Module):
 
 class SuperBlock(nn.Module):
   cfg: ModelConfig
+  parallel: Any = None
 
   @nn.compact
   def __call__(self, x_BLD, ctx):
     stats = {}
+    if self.parallel is not None:  # activations between blocks: batch split over the batch axes
+      x_BLD = self.parallel.constrain(x_BLD, ACTIVATION_SPEC)
     for j in range(self.cfg.block_size):
-      x_BLD, layer_stats = DecoderLayer(self.cfg, j, name=f"layer_{j}")(x_BLD, ctx)
+      x_BLD, layer_stats = DecoderLayer(self.cfg, j, self.parallel, name=f"layer_{j}")(x_BLD, ctx)
       if layer_stats is not None:
         stats[f"layer_{j}"] = layer_stats
     return x_BLD, stats
@@ -71,6 +79,7 @@ class Transformer(nn.Module):
   """tokens [B, L] -> (logits [B, L, V] float32, aux). aux['moe'] holds per-MoE-layer router statistics."""
 
   cfg: ModelConfig
+  parallel: Any = None  # llama4_jax.sharding.Parallel: mesh + expert-parallel transport; None on one device
 
   @nn.compact
   def __call__(self, tokens_BL, positions_BL=None, segment_ids_BL=None, embeddings_BLD=None):
@@ -80,7 +89,8 @@ class Transformer(nn.Module):
       block = nn.remat(block, policy=REMAT_POLICIES[cfg.remat_policy], prevent_cse=False)
     blocks = nn.scan(
         block, variable_axes={"params": 0}, split_rngs={"params": True}, in_axes=nn.broadcast,
-        length=cfg.num_blocks, unroll=cfg.scan_unroll, metadata_params={nn.PARTITION_NAME: "layers"})(cfg, name="blocks")
+        length=cfg.num_blocks, unroll=cfg.scan_unroll, metadata_params={nn.PARTITION_NAME: "layers"})(
+            cfg, self.parallel, name="blocks")
     b, l = tokens_BL.shape
     if segment_ids_BL is None:
       segment_ids_BL = jnp.ones((b, l), jnp.int32)
@@ -88,6 +98,9 @@ class Transformer(nn.Module):
       positions_BL = positions_from_segments(segment_ids_BL)
     embed = declare(self, "embed", (cfg.vocab_size, cfg.hidden_size), ("vocab", "embed"), cfg)
     dt = dtype_of(cfg.dtype)
+    if self.parallel is not None:  # gather from the table with its FSDP dim gathered and tokens batch-split
+      embed = self.parallel.constrain(embed, EMBED_TABLE_SPEC)
+      tokens_BL = self.parallel.constrain(tokens_BL, P(BATCH_AXES, None))
     x_BLD = jnp.take(embed, tokens_BL, axis=0).astype(dt) if embeddings_BLD is None else embeddings_BLD.astype(dt)
     global_mask, chunked_mask = self_attention_masks(positions_BL, segment_ids_BL, cfg.attention_chunk_size)
     inv_freq = inverse_frequencies(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling)

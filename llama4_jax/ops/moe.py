@@ -187,7 +187,7 @@ def moe_pallas(x_TD, scores_TK, experts_TK, gate_up_EDCF, down_EFD, interpret: b
   return y_AD[inverse_A].reshape(t, k, -1).sum(axis=1)
 
 
-DISPATCH = {"sort": moe_sort, "blocked": moe_blocked, "dense": moe_dense, "pallas": moe_pallas}
+DISPATCH = {"ragged_dot": moe_sort, "blocked": moe_blocked, "dense": moe_dense, "pallas": moe_pallas}
 
 
 def load_statistics(logits_TE, experts_TK, valid_T):

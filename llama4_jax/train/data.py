@@ -52,14 +52,23 @@ def documents(data_cfg, model_cfg: ModelConfig) -> dict:
                     data_cfg.num_reserved_special_tokens, data_cfg.max_documents)
 
 
+def _process_rows(batch: dict, batch_size: int) -> dict:
+  local = batch_size // jax.process_count()
+  start = jax.process_index() * local
+  return {k: v[start:start + local] for k, v in batch.items()}
+
+
 def train_batches(data_cfg, docs, seed: int):
-  """This process's slice of every global batch, reshuffled per epoch from the seed."""
-  local = data_cfg.batch_size // jax.process_count()
-  return pipeline.packed_dataset(docs, data_cfg.seq_len, local, seed=seed, shard_index=jax.process_index(),
-                                 shard_count=jax.process_count())
+  """This process's rows of every global batch, reshuffled per epoch from the seed.
+
+  Every process packs the same global stream and keeps its own rows, so the data a run sees does not depend on
+  how many processes share it (a 2 x 4-device run trains on exactly the batches of a 1 x 8-device run).
+  """
+  return pipeline.packed_dataset(docs, data_cfg.seq_len, data_cfg.batch_size, seed=seed).map(
+      functools.partial(_process_rows, batch_size=data_cfg.batch_size))
 
 
 def eval_batches(data_cfg, docs):
-  local = data_cfg.batch_size // jax.process_count()
-  return pipeline.eval_batches(docs, data_cfg.seq_len, local, data_cfg.eval_batches or None,
-                               shard_index=jax.process_index(), shard_count=jax.process_count())
+  """This process's rows of the fixed held-out batches."""
+  return [_process_rows(b, data_cfg.batch_size) for b in
+          pipeline.eval_batches(docs, data_cfg.seq_len, data_cfg.batch_size, data_cfg.eval_batches or None)]

@@ -18,9 +18,12 @@ import time
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
+from jax.sharding import NamedSharding
 from ml_collections import ConfigDict
 
-from llama4_jax.config import ConfigError, from_config_dict, to_dict
+from llama4_jax import sharding
+from llama4_jax.config import ConfigError, model_config, to_dict
 from llama4_jax.model import init_params, param_shapes
 from llama4_jax.train import data as train_data
 from llama4_jax.train.checkpoint import Checkpointer, CheckpointMismatchError
@@ -69,13 +72,18 @@ def resolve_stages(config: ConfigDict) -> list[tuple[str, str, ConfigDict]]:
     raise ConfigError("config.stage_order is empty")
   shapes = None
   for name, _, cfg in stages:
-    model_cfg = from_config_dict(cfg.model)
+    model_cfg = model_config(cfg)
     train_data.check_data_config(cfg.data, model_cfg)
     if cfg.train.steps <= 0:
       raise ConfigError(f"stages.{name}: train.steps must be positive, got {cfg.train.steps}")
     if cfg.data.batch_size % (cfg.train.micro_batches * jax.process_count()):
       raise ConfigError(f"stages.{name}: data.batch_size={cfg.data.batch_size} is not divisible by "
                         f"train.micro_batches={cfg.train.micro_batches} x processes={jax.process_count()}")
+    mesh = sharding.make_mesh(sharding.MeshConfig.from_config(cfg.mesh))
+    sharding.check_model_fits(model_cfg, mesh)
+    sharding.check_batch_fits(cfg.data.batch_size // cfg.train.micro_batches, mesh,
+                              f"stages.{name}: data.batch_size / train.micro_batches")
+    sharding.parallel_from_config(cfg, mesh)
     stage_shapes = jax.tree_util.tree_map(lambda s: s.shape, param_shapes(model_cfg))
     if shapes is not None and stage_shapes != shapes:
       raise ConfigError(f"stages.{name}: model overrides change parameter shapes; stages must share them")
@@ -84,7 +92,8 @@ def resolve_stages(config: ConfigDict) -> list[tuple[str, str, ConfigDict]]:
 
 
 def _fingerprint(stages) -> dict:
-  return {name: {"kind": kind, "model": to_dict(from_config_dict(cfg.model)), "tokenizer": cfg.data.tokenizer_path,
+  return {name: {"kind": kind, "model": {k: v for k, v in to_dict(model_config(cfg)).items()
+                                         if k not in ("moe_impl", "attention_impl", "kernel_interpret")}, "tokenizer": cfg.data.tokenizer_path,
                  "reserved": cfg.data.num_reserved_special_tokens} for name, kind, cfg in stages}
 
 
@@ -129,20 +138,38 @@ def _evaluate(eval_fn, params, batches) -> dict:
   return {"eval_loss": loss, "eval_perplexity": math.exp(min(loss, 50.0)), "eval_tokens": int(tokens)}
 
 
+def _global_batch(batch_sh, batch_size: int, local: dict) -> dict:
+  """This process's rows -> global arrays split over the mesh's batch axes."""
+  return {k: jax.make_array_from_process_local_data(batch_sh, v, (batch_size,) + v.shape[1:])
+          for k, v in local.items()}
+
+
 def run_stage(name: str, cfg: ConfigDict, workdir: str, carried, offset: int, writer: MetricsWriter, stop):
   """Trains one stage to `cfg.train.steps`; returns (final state, summary row)."""
-  model_cfg, tcfg = from_config_dict(cfg.model), cfg.train
+  model_cfg, tcfg = model_config(cfg), cfg.train
   docs = train_data.documents(cfg.data, model_cfg)
-  params = carried.params if carried is not None else init_params(model_cfg, jax.random.key(cfg.seed))
+  mesh = sharding.make_mesh(sharding.MeshConfig.from_config(cfg.mesh))
+  parallel = sharding.parallel_from_config(cfg, mesh) if mesh.size > 1 else None
+  param_sh = sharding.named(mesh, sharding.param_specs(model_cfg, mesh))
+  batch_sh = NamedSharding(mesh, sharding.batch_spec())
+  if carried is not None:
+    params = jax.device_put(carried.params, param_sh)
+  else:
+    params = jax.jit(functools.partial(init_params, model_cfg), out_shardings=param_sh)(jax.random.key(cfg.seed))
   tx, schedule = make_optimizer(cfg.optim, params, tcfg.steps)
-  state = init_state(params, tx)
+  abstract = jax.eval_shape(functools.partial(init_state, tx=tx), params)
+  state_sh = sharding.named(mesh, sharding.state_specs(abstract, sharding.param_specs(model_cfg, mesh),
+                                                       jax.eval_shape(lambda: params)))
+  state = jax.jit(functools.partial(init_state, tx=tx), out_shardings=state_sh)(params)
   if carried is not None and not tcfg.reset_optimizer:
-    state = state.replace(opt_state=carried.opt_state)
+    state = state.replace(opt_state=jax.device_put(carried.opt_state, state_sh.opt_state))
   ckpt = Checkpointer(os.path.join(workdir, "checkpoints", name), tcfg.keep_checkpoints, tcfg.keep_period,
                       tcfg.async_checkpoint)
   record = {"stage": name, "complete": False, "seed": cfg.seed}
   train_it = iter(train_data.train_batches(cfg.data, docs["train"], cfg.seed))
-  restored = ckpt.restore_latest(jax.eval_shape(lambda: state))
+  # Restores onto this run's mesh, whatever mesh wrote the checkpoint.
+  restored = ckpt.restore_latest(jax.tree_util.tree_map(
+      lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh), abstract, state_sh))
   step = 0
   if restored is not None:
     step, state, data_state, old_record = restored
@@ -152,20 +179,24 @@ def run_stage(name: str, cfg: ConfigDict, workdir: str, carried, offset: int, wr
       return state, {"stage": name, "steps": step, "resumed": "complete", **old_record.get("summary", {})}
   writer.truncate_after(offset + step)
   step_fn = jax.jit(functools.partial(train_step, model_cfg=model_cfg, train_cfg=LossConfig.from_config(tcfg),
-                                      tx=tx, schedule=schedule), donate_argnums=0)
-  eval_fn = jax.jit(functools.partial(eval_step, model_cfg=model_cfg))
-  eval_set = train_data.eval_batches(cfg.data, docs["eval"])
-  progress = Progress(name, step, tcfg.steps, enabled=tcfg.progress)
+                                      tx=tx, schedule=schedule, parallel=parallel),
+                    in_shardings=(state_sh, batch_sh, None), out_shardings=(state_sh, None), donate_argnums=0)
+  eval_fn = jax.jit(functools.partial(eval_step, model_cfg=model_cfg, parallel=parallel),
+                    in_shardings=(param_sh, batch_sh))
+  to_global = functools.partial(_global_batch, batch_sh, cfg.data.batch_size)
+  eval_set = [to_global(b) for b in train_data.eval_batches(cfg.data, docs["eval"])]
+  progress = Progress(name, step, tcfg.steps, enabled=tcfg.progress and jax.process_index() == 0)
   row = {"stage": name, "steps": tcfg.steps, "tokens": 0, "seconds": 0.0, "skipped": 0}
   base_key, t_log, tok_log, t_start = jax.random.key(cfg.seed), time.perf_counter(), 0.0, time.perf_counter()
   while step < tcfg.steps:
-    batch = next(train_it)
+    batch = to_global(next(train_it))
     state, metrics = step_fn(state, batch, jax.random.fold_in(base_key, offset + step))
     step += 1
     in_a_row = int(state.nonfinite_in_a_row)
-    tok_log += float(np.sum(batch["loss_mask"]))
+    tok_log = tok_log + metrics["tokens"]  # stays on device until the next log
     if step % tcfg.log_every == 0 or step in (1, tcfg.steps) or in_a_row:
       m = jax.device_get(metrics)
+      tok_log = float(jax.device_get(tok_log))
       now = time.perf_counter()
       tps = tok_log / max(now - t_log, 1e-9)
       row["tokens"] += int(tok_log)
@@ -205,10 +236,13 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> list[dict]:
   """Runs every stage; returns the per-stage summary rows (also printed)."""
   stages = resolve_stages(config)
   workdir = os.path.abspath(workdir)
-  _check_workdir(workdir, _fingerprint(stages))
+  if jax.process_index() == 0:
+    _check_workdir(workdir, _fingerprint(stages))
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices("workdir checked")
   stop = {"flag": False}
   previous = signal.signal(signal.SIGTERM, lambda *_: stop.update(flag=True))
-  writer = MetricsWriter(workdir, tensorboard=config.train.tensorboard)
+  writer = MetricsWriter(workdir, tensorboard=config.train.tensorboard, enabled=jax.process_index() == 0)
   rows, state, offset = [], None, 0
   try:
     for name, _, cfg in stages:
@@ -218,5 +252,6 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> list[dict]:
   finally:
     writer.close()
     signal.signal(signal.SIGTERM, previous)
-  print(summary(rows, workdir), flush=True)
+  if jax.process_index() == 0:
+    print(summary(rows, workdir), flush=True)
   return rows

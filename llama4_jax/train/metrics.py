@@ -21,16 +21,19 @@ def _plain(value):
 
 
 class MetricsWriter:
-  def __init__(self, workdir: str, tensorboard: bool = True):
+  """metrics.jsonl (+ TensorBoard). With several processes only the first one writes (`enabled=False` elsewhere)."""
+
+  def __init__(self, workdir: str, tensorboard: bool = True, enabled: bool = True):
     self.path = os.path.join(workdir, "metrics.jsonl")
+    self.enabled = enabled
     self._tb = None
-    if tensorboard:
+    if tensorboard and enabled:
       from tensorboardX import SummaryWriter  # writes TensorBoard event files without TensorFlow's summary ops
       self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"), flush_secs=30)
 
   def truncate_after(self, step: int) -> None:
     """Drops records with step > `step` (work lost since the last checkpoint will be redone)."""
-    if not os.path.exists(self.path):
+    if not self.enabled or not os.path.exists(self.path):
       return
     with open(self.path) as f:
       lines = [line for line in f if line.strip()]
@@ -47,6 +50,8 @@ class MetricsWriter:
     os.replace(tmp, self.path)
 
   def write(self, step: int, values: dict) -> None:
+    if not self.enabled:
+      return
     record = {"step": int(step)}
     record.update({k: _plain(v) for k, v in values.items()})
     with open(self.path, "a") as f:

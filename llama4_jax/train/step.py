@@ -73,9 +73,10 @@ def balance_loss(moe_stats) -> jax.Array:
   return jnp.mean(jnp.concatenate([t.reshape(-1) for t in terms])) if terms else jnp.zeros((), jnp.float32)
 
 
-def sums(params, batch, model_cfg: ModelConfig, z_loss: float, balance_coef: float):
+def sums(params, batch, model_cfg: ModelConfig, z_loss: float, balance_coef: float, parallel=None):
   """Token-summed objective pieces of one (micro-)batch; the caller divides by the token count."""
-  logits, aux = apply(model_cfg, params, batch["inputs"], batch["positions"], batch["segment_ids"])
+  logits, aux = apply(model_cfg, params, batch["inputs"], batch["positions"], batch["segment_ids"],
+                      parallel=parallel)
   ce_BL, logz_BL = token_losses(logits, batch["targets"])
   w_BL = batch["loss_mask"].astype(jnp.float32)
   ntok = jnp.sum(w_BL)
@@ -86,16 +87,18 @@ def sums(params, batch, model_cfg: ModelConfig, z_loss: float, balance_coef: flo
 
 
 def _split_micro(batch, n: int):
-  return jax.tree_util.tree_map(lambda x: x.reshape(n, x.shape[0] // n, *x.shape[1:]), batch)
+  """Micro-batch i takes rows i, i + n, i + 2n, ...: with the batch split over devices, every device keeps an equal
+  share of every micro-batch (contiguous slices would put each micro-batch on a few devices only)."""
+  return jax.tree_util.tree_map(lambda x: x.reshape(x.shape[0] // n, n, *x.shape[1:]).swapaxes(0, 1), batch)
 
 
-def loss_and_grads(params, batch, model_cfg, train_cfg):
+def loss_and_grads(params, batch, model_cfg, train_cfg, parallel=None):
   """Gradients of (sum CE + z * sum logZ^2) / tokens + balance * mean balance, accumulated over micro-batches."""
   n = train_cfg.micro_batches
   total_tokens = jnp.maximum(jnp.sum(batch["loss_mask"].astype(jnp.float32)), 1.0)
 
   def objective(p, micro):
-    s, stats = sums(p, micro, model_cfg, train_cfg.z_loss, train_cfg.load_balance_coef)
+    s, stats = sums(p, micro, model_cfg, train_cfg.z_loss, train_cfg.load_balance_coef, parallel)
     obj = (s["ce"] + train_cfg.z_loss * s["z"]) / total_tokens + train_cfg.load_balance_coef * s["balance"] / n
     return obj, (s, stats)
 
@@ -120,10 +123,20 @@ def _all_finite(tree) -> jax.Array:
   return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)]))
 
 
-def train_step(state: TrainState, batch, rng, *, model_cfg: ModelConfig, train_cfg, tx, schedule):
-  """One optimizer update. A non-finite loss or gradient skips the update and is counted."""
+def moe_dropped(moe_stats) -> jax.Array:
+  """Routed assignments dropped over capacity (expert-parallel all_to_all transport), summed over MoE layers."""
+  leaves = [stats["dropped"] for stats in jax.tree_util.tree_leaves(
+      moe_stats, is_leaf=lambda x: isinstance(x, dict) and "dropped" in x)]
+  return sum((jnp.sum(x) for x in leaves), jnp.zeros((), jnp.int32))
+
+
+def train_step(state: TrainState, batch, rng, *, model_cfg: ModelConfig, train_cfg, tx, schedule, parallel=None):
+  """One optimizer update. A non-finite loss or gradient skips the update and is counted.
+
+  `parallel` (sharding.Parallel) runs the model sharded over its mesh; jit this with the state and batch shardings.
+  """
   del rng  # the model has no dropout; kept for the (state, batch, rng) contract used by later stages
-  s, stats, grads = loss_and_grads(state.params, batch, model_cfg, train_cfg)
+  s, stats, grads = loss_and_grads(state.params, batch, model_cfg, train_cfg, parallel)
   tokens = jnp.maximum(s["tokens"], 1.0)
   loss = s["ce"] / tokens
   finite = jnp.isfinite(loss) & _all_finite(grads)
@@ -137,11 +150,11 @@ def train_step(state: TrainState, batch, rng, *, model_cfg: ModelConfig, train_c
       nonfinite_total=state.nonfinite_total + skipped)
   metrics = {"loss": loss, "z_loss": s["z"] / tokens, "balance_loss": s["balance"],
              "grad_norm": optax.tree.norm(grads), "learning_rate": schedule(state.step),
-             "tokens": s["tokens"], "skipped": skipped, "expert_load": stats}
+             "tokens": s["tokens"], "skipped": skipped, "moe_dropped": moe_dropped(stats), "expert_load": stats}
   return new_state, metrics
 
 
-def eval_step(params, batch, *, model_cfg: ModelConfig):
+def eval_step(params, batch, *, model_cfg: ModelConfig, parallel=None):
   """Summed cross entropy and token count over one batch."""
-  s, _ = sums(params, batch, model_cfg, 0.0, 0.0)
+  s, _ = sums(params, batch, model_cfg, 0.0, 0.0, parallel)
   return {"ce": s["ce"], "tokens": s["tokens"]}

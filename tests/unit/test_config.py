@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from configs import base as base_configs
 from configs import models
-from llama4_jax.config import ConfigError, ModelConfig, RopeScaling, VisionConfig, from_config_dict
+from llama4_jax.config import ConfigError, ModelConfig, RopeScaling, VisionConfig, from_config_dict, model_config
 from llama4_jax.param_count import count
 from tests.conftest import tiny_config
 
@@ -26,7 +27,8 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
     (dict(dtype="float8"), "dtype"),
     (dict(param_dtype="int8"), "param_dtype"),
     (dict(remat_policy="everything"), "remat_policy"),
-    (dict(moe_impl="megablox"), "moe_impl"),
+    (dict(moe_impl="megablox"), "kernels.moe"),
+    (dict(attention_impl="flash"), "kernels.attention"),
     (dict(rope_scaling=RopeScaling("yarn", 16.0, 1.0, 1.0, 64)), "rope_scaling.rope_type"),
     (dict(rope_scaling=RopeScaling("llama3", 0.5, 1.0, 1.0, 64)), "rope_scaling.factor"),
     (dict(rope_scaling=RopeScaling("llama3", 16.0, 4.0, 1.0, 64)), "high_freq_factor"),
@@ -71,13 +73,33 @@ def test_from_config_dict_rejects_unknown_keys(where, key):
     from_config_dict(cd)
 
 
+@pytest.mark.parametrize("moe", ["dense", "ragged_dot", "blocked", "pallas"])
+@pytest.mark.parametrize("attention", ["xla", "dense", "pallas"])
+def test_kernels_section_selects_the_model_implementation(moe, attention):
+  config = base_configs.get_config("tiny")
+  config.kernels.update(moe=moe, attention=attention, interpret=True)
+  cfg = model_config(config)
+  assert (cfg.moe_impl, cfg.attention_impl, cfg.kernel_interpret) == (moe, attention, True)
+
+
+def test_kernels_section_defaults_and_errors():
+  assert model_config(base_configs.get_config("tiny")).moe_impl == "blocked"  # the CPU preset
+  assert model_config(base_configs.get_config("scout")).moe_impl == "ragged_dot"
+  config = base_configs.get_config("tiny")
+  config.kernels.moe = "megablox"
+  with pytest.raises(ConfigError, match=r"kernels\.moe='megablox'"):
+    model_config(config)
+  with pytest.raises(ConfigError, match=r"kernels\.attn"):
+    from_config_dict(models.tiny(), {"attn": "xla"})
+
+
 @pytest.mark.parametrize("name", sorted(models.PRESETS))
 def test_every_preset_builds(name):
   cd = models.PRESETS[name]()
   cfg = from_config_dict(cd)
   assert isinstance(cfg, ModelConfig)
   for field in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
-                "num_local_experts", "interleave_moe_layer_step", "dtype", "moe_impl"):
+                "num_local_experts", "interleave_moe_layer_step", "dtype"):
     assert getattr(cfg, field) == cd[field], field
   assert cfg.num_blocks * cfg.block_size == cfg.num_hidden_layers
   if cd.vision.enabled:

@@ -155,8 +155,8 @@ def test_dense_and_blocked_moe_equal_sort(tiny):
   blocked = np.asarray(forward(cfg.replace(moe_impl="blocked"), params, docs))
   np.testing.assert_allclose(dense, sort, rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(blocked, sort, rtol=1e-5, atol=1e-5)
-  # The banded chunked attention (default) against the dense masked reference, on packed rows longer than a chunk.
-  assert docs.shape[1] > cfg.attention_chunk_size and cfg.attention_impl == "banded"
+  # The banded chunked attention (attention_impl="xla", the default) against the dense masked reference, on packed rows longer than a chunk.
+  assert docs.shape[1] > cfg.attention_chunk_size and cfg.attention_impl == "xla"
   dense_attention = np.asarray(forward(cfg.replace(attention_impl="dense"), params, docs))
   np.testing.assert_allclose(dense_attention, sort, rtol=1e-5, atol=1e-5)
 
