@@ -41,15 +41,23 @@ def _shard_state(state, cfg, mesh):
   return jax.device_put(state, shardings), shardings
 
 
+def _logits_grads_dropped(cfg, params, tokens, parallel):
+  """Logits, gradients of mean(logits^2) and the dropped-assignment count, in one compiled function."""
+  def objective(p):
+    logits, aux = apply(cfg, p, tokens, parallel=parallel)
+    return jnp.mean(logits ** 2), (logits, sum(jnp.sum(layer["dropped"]) for layer in aux["moe"].values()))
+  (_, (logits, dropped)), grads = jax.jit(jax.value_and_grad(objective, has_aux=True))(params)
+  return np.asarray(logits), grads, int(dropped)
+
+
 @pytest.fixture(scope="module")
 def single():
   """Single-device reference: logits, gradients and 5 training losses."""
   cfg = _cfg()
   params = init_params(cfg, jax.random.key(0))
   batch = synthetic_batch(cfg.vocab_size, BATCH, SEQ, seed=1)
-  logits = jax.jit(lambda p: apply(cfg, p, batch["inputs"])[0])(params)
-  grads = jax.jit(jax.grad(lambda p: jnp.mean(apply(cfg, p, batch["inputs"])[0] ** 2)))(params)
-  return cfg, params, batch, np.asarray(logits), grads, _train(cfg, params, batch, None)
+  logits, grads, _ = _logits_grads_dropped(cfg, params, batch["inputs"], None)
+  return cfg, params, batch, logits, grads, _train(cfg, params, batch, None)
 
 
 def _train(cfg, params, batch, parallel, steps=5):
@@ -83,10 +91,9 @@ def test_sharded_logits_gradients_and_training_match_one_device(single, spec):
   p_sh = sharding.named(mesh, sharding.param_specs(cfg, mesh))
   params_s = jax.device_put(params, p_sh)
   tokens = jax.device_put(batch["inputs"], NamedSharding(mesh, sharding.batch_spec()))
-  logits, aux = jax.jit(lambda p, t: apply(cfg, p, t, parallel=par))(params_s, tokens)
-  np.testing.assert_allclose(np.asarray(logits), ref_logits, atol=1e-5, rtol=1e-5)
-  assert sum(int(layer["dropped"].sum()) for layer in aux["moe"].values()) == 0
-  grads = jax.jit(jax.grad(lambda p, t: jnp.mean(apply(cfg, p, t, parallel=par)[0] ** 2)))(params_s, tokens)
+  logits, grads, dropped = _logits_grads_dropped(cfg, params_s, tokens, par)
+  np.testing.assert_allclose(logits, ref_logits, atol=1e-5, rtol=1e-5)
+  assert dropped == 0
   for (path, g), r in zip(jax.tree_util.tree_flatten_with_path(grads)[0], jax.tree_util.tree_leaves(ref_grads)):
     np.testing.assert_allclose(np.asarray(g), np.asarray(r), atol=1e-5, rtol=1e-5, err_msg=jax.tree_util.keystr(path))
   # The parameters really are split as the rules say.
