@@ -41,11 +41,13 @@ CPU_PRESETS = ("tiny",)
 def kernels_config(preset: str):
   """How the model computes; plugs the Pallas kernels in (pallas_kernels/) without touching the model section.
 
-  moe: 'ragged_dot' | 'blocked' | 'dense' | 'pallas';  attention: 'xla' | 'dense' | 'pallas';
+  moe: 'ragged_dot' | 'blocked' | 'dense' | 'pallas' (dropless) or 'capacity' (fixed capacity per expert, the
+  excess dropped and counted; `capacity_factor`);  attention: 'xla' | 'dense' | 'pallas';
   interpret: run Pallas kernels in interpret mode (CPU tests).
   """
   return ml_collections.ConfigDict(dict(
-      moe="blocked" if preset in CPU_PRESETS else "ragged_dot", attention="xla", interpret=False))
+      moe="blocked" if preset in CPU_PRESETS else "ragged_dot", attention="xla", interpret=False,
+      capacity_factor=1.25))
 
 
 def stage(kind="lm", **overrides):

@@ -71,18 +71,18 @@ class MeshConfig:
     fixed = math.prod(s for s in sizes.values() if s != -1)
     if free:
       if num_devices % fixed:
-        raise ConfigError(f"mesh: {_describe(sizes)} cannot fill {num_devices} devices (mesh.{free[0]}=-1 would "
+        raise ConfigError(f"{_describe(sizes)} cannot fill {num_devices} devices (mesh.{free[0]}=-1 would "
                           f"be {num_devices}/{fixed})")
       sizes[free[0]] = num_devices // fixed
     if math.prod(sizes.values()) != num_devices:
-      raise ConfigError(f"mesh: {_describe(sizes)} has {math.prod(sizes.values())} devices but "
+      raise ConfigError(f"{_describe(sizes)} has {math.prod(sizes.values())} devices but "
                         f"{num_devices} are available; the product of mesh.data, mesh.fsdp, mesh.expert and "
                         "mesh.tensor must equal the device count")
     return sizes
 
 
 def _describe(sizes: Mapping[str, int]) -> str:
-  return " x ".join(f"{a}={s}" for a, s in sizes.items())
+  return " x ".join(f"mesh.{a}={s}" for a, s in sizes.items())
 
 
 def parse_mesh(text: str) -> MeshConfig:
@@ -193,6 +193,17 @@ def state_specs(abstract_state, params_spec_tree, abstract_params):
     return P()
 
   return jax.tree_util.tree_map_with_path(pick, abstract_state)
+
+
+def state_shardings(model_cfg: ModelConfig, mesh: Mesh, abstract_state):
+  """NamedSharding pytree for a TrainState-like pytree (`.params` plus optimizer state) on `mesh`."""
+  return named(mesh, state_specs(abstract_state, param_specs(model_cfg, mesh), abstract_state.params))
+
+
+def with_shardings(abstract, shardings):
+  """ShapeDtypeStructs carrying shardings: a restore target, or the inputs of an ahead-of-time compile."""
+  return jax.tree_util.tree_map(lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh), abstract,
+                                shardings)
 
 
 def batch_spec() -> P:

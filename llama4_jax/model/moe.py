@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import flax.linen as nn
@@ -32,12 +31,10 @@ class MoE(nn.Module):
     if self.parallel is not None:
       routed_TD, dropped = expert_parallel.moe_expert_parallel(
           self.parallel, x_TD, scores_TK, experts_TK, gate_up, down, impl=cfg.moe_impl,
-          interpret=cfg.kernel_interpret)
+          interpret=cfg.kernel_interpret, local_capacity_factor=cfg.moe_capacity_factor)
     else:
-      dispatch = moe_ops.DISPATCH[cfg.moe_impl]
-      if cfg.moe_impl == "pallas":
-        dispatch = functools.partial(dispatch, interpret=cfg.kernel_interpret)
-      routed_TD, dropped = dispatch(x_TD, scores_TK, experts_TK, gate_up, down), jnp.zeros((), jnp.int32)
+      routed_TD, dropped = moe_ops.dispatch(cfg.moe_impl, x_TD, scores_TK, experts_TK, gate_up, down,
+                                            interpret=cfg.kernel_interpret, capacity_factor=cfg.moe_capacity_factor)
     # The shared expert and the router run under the normal (automatic) sharding, outside the shard_map.
     shared_BLD = MLP(cfg, cfg.intermediate_size, axis="expert_mlp", name="shared")(x_BLD)
     stats = dict(moe_ops.load_statistics(logits_TE, experts_TK, valid_BL.reshape(-1)), dropped=dropped)

@@ -29,25 +29,12 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
-from llama4_jax.ops.moe import DISPATCH, sort_assignments, swiglu
+from llama4_jax.ops.moe import capacity, capacity_slots, dispatch, expert_ffn_batched, sort_assignments, swiglu
 from llama4_jax.sharding import BATCH_AXES, Parallel
 
 
-def capacity(num_assignments: int, num_experts: int, capacity_factor: float) -> int:
-  """Rows reserved per (source device, expert) by the all_to_all transport."""
-  return max(1, math.ceil(capacity_factor * num_assignments / num_experts))
-
-
-def capacity_slots(experts_A, num_experts: int, cap: int):
-  """(slot in the [E * cap] send buffer, kept mask) per assignment; rank within its expert in assignment order."""
-  onehot_AE = (experts_A[:, None] == jnp.arange(num_experts, dtype=experts_A.dtype)).astype(jnp.int32)
-  rank_A = jnp.take_along_axis(jnp.cumsum(onehot_AE, axis=0), experts_A[:, None], axis=1)[:, 0] - 1
-  keep_A = rank_A < cap
-  return jnp.where(keep_A, experts_A * cap + rank_A, 0), keep_A
-
-
 def _expert_ffn_batched(x_ERD, gate_up_EDCF, down_EFD):
-  return jnp.einsum("erf,efd->erd", swiglu(jnp.einsum("erd,edcf->ercf", x_ERD, gate_up_EDCF)), down_EFD)
+  return expert_ffn_batched(x_ERD, gate_up_EDCF, down_EFD)
 
 
 def _all_to_all_capacity(x_AD, experts_A, gate_up_EDCF, down_EFD, *, ep: int, num_experts: int, cap: int):
@@ -145,10 +132,11 @@ def _ragged(x_AD, experts_A, gate_up_EDCF, down_EFD, *, ep: int, num_experts: in
 
 
 def moe_expert_parallel(par: Parallel, x_TD, scores_TK, experts_TK, gate_up_EDCF, down_EFD, *, impl: str,
-                        interpret: bool = False):
+                        interpret: bool = False, local_capacity_factor: float = 1.25):
   """Routed-expert output [T, D] and the number of dropped assignments (summed over the mesh).
 
   Inputs are global arrays: tokens split over the batch axes, experts over `expert`, expert width over `tensor`.
+  With one expert shard the local `impl` runs (`local_capacity_factor` applies to impl='capacity' only).
   """
   mesh, ep = par.mesh, par.mesh.shape["expert"]
   num_experts = gate_up_EDCF.shape[0]
@@ -162,10 +150,8 @@ def moe_expert_parallel(par: Parallel, x_TD, scores_TK, experts_TK, gate_up_EDCF
     # over those axes at this boundary (and lets custom-VJP kernels see matching types).
     gate_up_EDCF, down_EFD = jax.lax.pcast((gate_up_EDCF, down_EFD), ("data", "fsdp"), to="varying")
     if ep == 1:
-      dispatch = DISPATCH[impl]
-      if impl == "pallas":
-        dispatch = functools.partial(dispatch, interpret=interpret)
-      y_TD, dropped = dispatch(x_TD, scores_TK, experts_TK, gate_up_EDCF, down_EFD), jnp.zeros((), jnp.int32)
+      y_TD, dropped = dispatch(impl, x_TD, scores_TK, experts_TK, gate_up_EDCF, down_EFD, interpret=interpret,
+                               capacity_factor=local_capacity_factor)
     else:
       x_AD = jnp.repeat(x_TD, k, axis=0) * scores_TK.reshape(-1, 1)
       experts_A = experts_TK.reshape(-1)

@@ -11,6 +11,7 @@ multiplies the expert *input*. Two dispatch paths give the same result:
 from __future__ import annotations
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -187,7 +188,53 @@ def moe_pallas(x_TD, scores_TK, experts_TK, gate_up_EDCF, down_EFD, interpret: b
   return y_AD[inverse_A].reshape(t, k, -1).sum(axis=1)
 
 
+def capacity(num_assignments: int, num_experts: int, capacity_factor: float) -> int:
+  """Rows reserved per (source device, expert) by the all_to_all transport."""
+  return max(1, math.ceil(capacity_factor * num_assignments / num_experts))
+
+
+def capacity_slots(experts_A, num_experts: int, cap: int):
+  """(slot in the [E * cap] send buffer, kept mask) per assignment; rank within its expert in assignment order."""
+  onehot_AE = (experts_A[:, None] == jnp.arange(num_experts, dtype=experts_A.dtype)).astype(jnp.int32)
+  rank_A = jnp.take_along_axis(jnp.cumsum(onehot_AE, axis=0), experts_A[:, None], axis=1)[:, 0] - 1
+  keep_A = rank_A < cap
+  return jnp.where(keep_A, experts_A * cap + rank_A, 0), keep_A
+
+
+def expert_ffn_batched(x_ERD, gate_up_EDCF, down_EFD):
+  """Every expert on its own fixed-size row buffer: one batched matmul per projection."""
+  return jnp.einsum("erf,efd->erd", _swiglu(jnp.einsum("erd,edcf->ercf", x_ERD, gate_up_EDCF)), down_EFD)
+
+
+def moe_capacity(x_TD, scores_TK, experts_TK, gate_up_EDCF, down_EFD, capacity_factor: float = 1.25):
+  """Fixed-capacity (Switch / GShard style) dispatch: each expert gets C = ceil(factor * T * k / E) rows, in token
+  order; assignments past that are dropped (their slot contributes zero). Returns (y_TD, dropped count).
+
+  Static shapes and plain batched matmuls, so its memory is what a grouped matmul needs times the factor: the
+  dry run uses it as the stand-in for `ragged_dot` when compiling on CPU.
+  """
+  t, k = experts_TK.shape
+  e, d = gate_up_EDCF.shape[0], x_TD.shape[1]
+  cap = capacity(t * k, e, capacity_factor)
+  experts_A = experts_TK.reshape(-1)
+  slot_A, keep_A = capacity_slots(experts_A, e, cap)
+  x_AD = jnp.repeat(x_TD, k, axis=0) * scores_TK.reshape(-1, 1)
+  x_ECD = jnp.zeros((e * cap, d), x_TD.dtype).at[jnp.where(keep_A, slot_A, e * cap)].set(
+      x_AD, mode="drop", unique_indices=True).reshape(e, cap, d)
+  y_AD = jnp.where(keep_A[:, None], expert_ffn_batched(x_ECD, gate_up_EDCF, down_EFD).reshape(e * cap, d)[slot_A], 0)
+  return y_AD.reshape(t, k, d).sum(axis=1), jnp.sum(jnp.logical_not(keep_A).astype(jnp.int32))
+
+
 DISPATCH = {"ragged_dot": moe_sort, "blocked": moe_blocked, "dense": moe_dense, "pallas": moe_pallas}
+
+
+def dispatch(impl: str, x_TD, scores_TK, experts_TK, gate_up_EDCF, down_EFD, *, interpret: bool = False,
+             capacity_factor: float = 1.25):
+  """Routed-expert output [T, D] and dropped-assignment count with the chosen implementation (`kernels.moe`)."""
+  if impl == "capacity":
+    return moe_capacity(x_TD, scores_TK, experts_TK, gate_up_EDCF, down_EFD, capacity_factor)
+  fn = functools.partial(moe_pallas, interpret=interpret) if impl == "pallas" else DISPATCH[impl]
+  return fn(x_TD, scores_TK, experts_TK, gate_up_EDCF, down_EFD), jnp.zeros((), jnp.int32)
 
 
 def load_statistics(logits_TE, experts_TK, valid_T):

@@ -93,7 +93,7 @@ def resolve_stages(config: ConfigDict) -> list[tuple[str, str, ConfigDict]]:
 
 def _fingerprint(stages) -> dict:
   return {name: {"kind": kind, "model": {k: v for k, v in to_dict(model_config(cfg)).items()
-                                         if k not in ("moe_impl", "attention_impl", "kernel_interpret")}, "tokenizer": cfg.data.tokenizer_path,
+                                         if k not in ("moe_impl", "attention_impl", "kernel_interpret", "moe_capacity_factor")}, "tokenizer": cfg.data.tokenizer_path,
                  "reserved": cfg.data.num_reserved_special_tokens} for name, kind, cfg in stages}
 
 
@@ -158,8 +158,7 @@ def run_stage(name: str, cfg: ConfigDict, workdir: str, carried, offset: int, wr
     params = jax.jit(functools.partial(init_params, model_cfg), out_shardings=param_sh)(jax.random.key(cfg.seed))
   tx, schedule = make_optimizer(cfg.optim, params, tcfg.steps)
   abstract = jax.eval_shape(functools.partial(init_state, tx=tx), params)
-  state_sh = sharding.named(mesh, sharding.state_specs(abstract, sharding.param_specs(model_cfg, mesh),
-                                                       jax.eval_shape(lambda: params)))
+  state_sh = sharding.state_shardings(model_cfg, mesh, abstract)
   state = jax.jit(functools.partial(init_state, tx=tx), out_shardings=state_sh)(params)
   if carried is not None and not tcfg.reset_optimizer:
     state = state.replace(opt_state=jax.device_put(carried.opt_state, state_sh.opt_state))
@@ -168,8 +167,7 @@ def run_stage(name: str, cfg: ConfigDict, workdir: str, carried, offset: int, wr
   record = {"stage": name, "complete": False, "seed": cfg.seed}
   train_it = iter(train_data.train_batches(cfg.data, docs["train"], cfg.seed))
   # Restores onto this run's mesh, whatever mesh wrote the checkpoint.
-  restored = ckpt.restore_latest(jax.tree_util.tree_map(
-      lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh), abstract, state_sh))
+  restored = ckpt.restore_latest(sharding.with_shardings(abstract, state_sh))
   step = 0
   if restored is not None:
     step, state, data_state, old_record = restored

@@ -35,9 +35,7 @@ def _mesh(spec):
 
 
 def _shard_state(state, cfg, mesh):
-  specs = sharding.state_specs(jax.eval_shape(lambda: state), sharding.param_specs(cfg, mesh),
-                               jax.eval_shape(lambda: state.params))
-  shardings = sharding.named(mesh, specs)
+  shardings = sharding.state_shardings(cfg, mesh, jax.eval_shape(lambda: state))
   return jax.device_put(state, shardings), shardings
 
 
@@ -193,10 +191,7 @@ def test_checkpoint_written_on_one_mesh_restores_on_another(tmp_path, single):
   for spec, devices in (("data=1", jax.devices()[:1]), ("fsdp=2,tensor=2", jax.devices()[:4])):
     mesh = sharding.make_mesh(sharding.parse_mesh(spec), devices)
     abstract = jax.eval_shape(lambda: init_state(params, tx))
-    shardings = sharding.named(mesh, sharding.state_specs(abstract, sharding.param_specs(cfg, mesh),
-                                                          jax.eval_shape(lambda: params)))
-    target = jax.tree_util.tree_map(lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh),
-                                    abstract, shardings)
+    target = sharding.with_shardings(abstract, sharding.state_shardings(cfg, mesh, abstract))
     reader = Checkpointer(str(tmp_path / "ckpt"), keep=2, keep_period=None, async_save=False)
     step, restored, _, _ = reader.restore_latest(target)
     reader.close()

@@ -73,7 +73,7 @@ def test_from_config_dict_rejects_unknown_keys(where, key):
     from_config_dict(cd)
 
 
-@pytest.mark.parametrize("moe", ["dense", "ragged_dot", "blocked", "pallas"])
+@pytest.mark.parametrize("moe", ["dense", "ragged_dot", "blocked", "pallas", "capacity"])
 @pytest.mark.parametrize("attention", ["xla", "dense", "pallas"])
 def test_kernels_section_selects_the_model_implementation(moe, attention):
   config = base_configs.get_config("tiny")

@@ -176,3 +176,24 @@ def test_swiglu_custom_gradient_matches_autodiff():
   custom = lambda h: jnp.sum(w * swiglu(h))  # noqa: E731
   np.testing.assert_allclose(custom(h), plain(h), rtol=1e-5)
   np.testing.assert_allclose(np.asarray(jax.grad(custom)(h)), np.asarray(jax.grad(plain)(h)), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("factor", [0.5, 1.0, 2.0])
+def test_capacity_dispatch_drops_exactly_the_excess_in_token_order(factor):
+  from llama4_jax.ops.moe import capacity, moe_capacity
+  rs = np.random.RandomState(5)
+  t, d, e, k, f = 24, 6, 4, 2, 5
+  g, u, dn = _weights(rs, e, d, f)
+  x = jnp.asarray(rs.randn(t, d).astype(np.float32))
+  scores, experts, _ = route(x, jnp.asarray(rs.randn(d, e).astype(np.float32)), k)
+  y, dropped = jax.jit(lambda *a: moe_capacity(*a, capacity_factor=factor))(
+      x, scores, experts, jnp.stack([g, u], axis=2), dn)
+  cap = capacity(t * k, e, factor)
+  flat = np.asarray(experts).reshape(-1)
+  keep = np.ones_like(flat, bool)
+  for j in range(e):
+    keep[np.flatnonzero(flat == j)[cap:]] = False
+  assert int(dropped) == int((~keep).sum())
+  assert (int(dropped) > 0) == (factor < 2.0)  # factor E / k = 2 reserves room for every assignment
+  kept = jnp.where(jnp.asarray(keep.reshape(t, k)), scores, 0)
+  np.testing.assert_allclose(np.asarray(y), np.asarray(moe_dense(x, kept, experts, g, u, dn)), rtol=1e-5, atol=1e-5)
