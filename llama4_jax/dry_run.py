@@ -115,14 +115,14 @@ def compile_step(config, model_cfg: ModelConfig, mesh_cfg: sharding.MeshConfig, 
 
 
 def candidate_meshes(model_cfg: ModelConfig, devices: int):
-  """Meshes in order of preference: least model parallelism first (tensor, then expert), FSDP for the rest."""
+  """Meshes in order of preference: the least tensor parallelism first; for each, experts split as far as the device
+  count allows (expert parallelism keeps each MoE layer's weights from being gathered whole), FSDP for the rest."""
   for tensor in (1, 2, 4, 8):
     if devices % tensor or model_cfg.num_key_value_heads % tensor or model_cfg.num_attention_heads % tensor:
       continue
-    for expert in sorted(d for d in range(1, model_cfg.num_local_experts + 1)
-                         if model_cfg.num_local_experts % d == 0 and (devices // tensor) % d == 0):
-      yield sharding.MeshConfig(data=1, fsdp=devices // tensor // expert, expert=expert, tensor=tensor)
-      break  # the fewest expert shards for this tensor size; more only add all-to-all traffic
+    expert = max(d for d in range(1, model_cfg.num_local_experts + 1)
+                 if model_cfg.num_local_experts % d == 0 and (devices // tensor) % d == 0)
+    yield sharding.MeshConfig(data=1, fsdp=devices // tensor // expert, expert=expert, tensor=tensor)
 
 
 def _line(name: str, r: Report, capacity: float) -> str:
@@ -178,7 +178,8 @@ def run(config, devices: int, kind: str, mesh_text: str, seq_len: int, per_devic
     if not as_json:
       best = out["recommended"]
       print("recommended: " + (" ".join(f"--config.mesh.{k}={v}" for k, v in best["mesh"].items()) if best else
-                               f"nothing fits in {headroom:.0%} of {capacity} GiB; add devices or use remat"))
+                               f"nothing fits in {headroom:.0%} of {capacity} GiB: add devices, shorten rows, "
+                               "or keep parameters in bfloat16 (--config.model.param_dtype=bfloat16)"))
   if as_json:
     print(json.dumps(out))
   return out
