@@ -302,3 +302,24 @@ def test_position_block_ranges_are_a_band():
   assert visits(1024, 64, causal=False) <= 64 * 9  # [q - 63, q + 63]
   assert visits(1024, 16) == 64 * 2 - 1  # chunk == block: the block itself and the previous one
   assert visits(1024, 64) < 64 * 65 // 2  # far below plain causal
+
+
+@pytest.mark.parametrize('chunked', [False, True])
+def test_lowers_to_pallas_triton_for_cuda(chunked):
+  # No GPU here: cross-lowering builds the Triton IR of the forward, dq and dk/dv kernels (PTX compilation and
+  # execution are not exercised). It caught a Mosaic-GPU default lowering and an i1/i32 select the interpreter
+  # accepts.
+  b, l, h, g, k = 1, 256, 4, 2, 64
+
+  def out_and_grads(q, kk, v, seg, pos, d_out):
+    fn = lambda q, kk, v: flash_attention(q, kk, v, causal=True, chunk_size=128 if chunked else None,
+                                          segment_ids=seg if chunked else None,
+                                          positions=pos if chunked else None)
+    out, vjp = jax.vjp(fn, q, kk, v)
+    return (out, *vjp(d_out))
+
+  args = [jax.ShapeDtypeStruct(shape, dtype) for shape, dtype in (
+      ((b, l, h, k), jnp.bfloat16), ((b, l, g, k), jnp.bfloat16), ((b, l, g, k), jnp.bfloat16),
+      ((b, l), jnp.int32), ((b, l), jnp.int32), ((b, l, h, k), jnp.bfloat16))]
+  lowered = jax.jit(out_and_grads).trace(*args).lower(lowering_platforms=('cuda',))
+  assert lowered.as_text().count('custom_call @__gpu$xla.gpu.triton') == 3

@@ -14,6 +14,11 @@ import functools
 import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as pl_triton
+
+# On a GPU the kernels compile with Pallas Triton (jax's default GPU lowering is Mosaic GPU, which needs explicit
+# layouts this kernel does not give). Ignored in interpret mode.
+_GPU_PARAMS = pl_triton.CompilerParams(num_warps=4, num_stages=2)
 
 # Finite "minus infinity": exp(NEG - NEG) stays defined, so rows with no visible key never produce NaN.
 NEG = -1e30
@@ -56,7 +61,9 @@ def q_block_range(kv_block, *, block_q, block_k, seq_len, causal, chunk_size, by
   """
   k_first = kv_block * block_k
   k_last = jnp.minimum(k_first + block_k, seq_len) - 1
-  lo_q, hi_q = 0, jnp.where(k_first < seq_len, seq_len, 0)  # an all-padding kv block is seen by nobody
+  # An all-padding kv block is seen by nobody. (int32 operands: Pallas Triton lowers a select of two weak Python
+  # ints to an i1 value.)
+  lo_q, hi_q = 0, jnp.where(k_first < seq_len, jnp.int32(seq_len), jnp.int32(0))
   if causal:
     lo_q = k_first
   if chunk_size is not None and by_position:
@@ -183,7 +190,7 @@ def flash_forward(q, k, v, segment_ids, positions, *, scale, causal, chunk_size,
       kernel, grid=(lp // block_q, b, h), in_specs=in_specs,
       out_specs=[q_spec, pl.BlockSpec((None, None, block_q), lambda i, b_, h_: (b_, h_, i))],
       out_shape=[jax.ShapeDtypeStruct(q.shape, q.dtype), jax.ShapeDtypeStruct((b, h, lp), jnp.float32)],
-      interpret=interpret, name="flash_attention_fwd")(*args)
+      interpret=interpret, compiler_params=_GPU_PARAMS, name="flash_attention_fwd")(*args)
 
 
 def _dq_kernel(*refs, scale, causal, chunk_size, seq_len, block_q, block_k, has_segments, has_positions):
@@ -268,7 +275,7 @@ def flash_backward(q, k, v, segment_ids, positions, do, lse, delta, *, scale, ca
   dq = pl.pallas_call(
       functools.partial(_dq_kernel, **static), grid=(lp // block_q, b, h),
       in_specs=[q_spec, kv_whole, kv_whole, q_spec, row_spec, row_spec] + seg_specs, out_specs=q_spec,
-      out_shape=jax.ShapeDtypeStruct(q.shape, q.dtype), interpret=interpret,
+      out_shape=jax.ShapeDtypeStruct(q.shape, q.dtype), interpret=interpret, compiler_params=_GPU_PARAMS,
       name="flash_attention_dq")(q, k, v, do, lse, delta, *seg_args, *pos_args)
 
   # dk, dv: one program per (kv block, batch, kv head); every query head of the group is read whole.
@@ -281,5 +288,5 @@ def flash_backward(q, k, v, segment_ids, positions, do, lse, delta, *, scale, ca
       in_specs=[q_whole, kv_spec, kv_spec, q_whole, rows_whole, rows_whole] + seg_specs,
       out_specs=[kv_spec, kv_spec],
       out_shape=[jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype)],
-      interpret=interpret, name="flash_attention_dkdv")(q, k, v, do, lse, delta, *seg_args, *pos_args)
+      interpret=interpret, compiler_params=_GPU_PARAMS, name="flash_attention_dkdv")(q, k, v, do, lse, delta, *seg_args, *pos_args)
   return dq, dk, dv
