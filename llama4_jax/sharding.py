@@ -27,10 +27,12 @@ ACTIVATION_SPEC = P(BATCH_AXES, None, None)  # [B, L, D] between blocks
 EMBED_TABLE_SPEC = P("tensor", None)  # [V, D] as the token lookup reads it
 TRANSPORTS = ("all_to_all", "ragged_all_to_all", "ragged_all_gather")
 
-# Logical axis name (as declared next to each parameter) -> mesh axis, or None for replicated.
-PARAM_RULES: Mapping[str, str | None] = {
+# Logical axis name (as declared next to each parameter) -> mesh axes (in order), or None for replicated. `embed`
+# is split over fsdp and, for every weight that is not a routed expert's, over expert too: outside the MoE shard_map
+# the expert axis is data parallel, so it shares the parameter and optimizer-state storage like fsdp does.
+PARAM_RULES: Mapping[str, str | tuple[str, ...] | None] = {
     "vocab": "tensor",
-    "embed": "fsdp",
+    "embed": ("fsdp", "expert"),
     "heads": "tensor",
     "kv_heads": "tensor",
     "head_dim": None,
@@ -142,18 +144,22 @@ def check_batch_fits(batch_size: int, mesh: Mesh, what: str = "data.batch_size")
 
 
 def logical_to_mesh(logical: P, shape: tuple[int, ...], mesh: Mesh) -> P:
-  """Mesh PartitionSpec for a parameter with logical axis names; a dimension the mesh axis does not divide stays
-  replicated (for example a norm of odd width), and no mesh axis is used twice."""
+  """Mesh PartitionSpec for a parameter with logical axis names. Each dimension takes the mesh axes of its rule, in
+  order, skipping axes of size 1, axes an earlier dimension already uses, and axes that would not divide it evenly
+  (so, for example, a norm of odd width stays replicated)."""
   out, used = [], set()
   for name, dim in zip(tuple(logical) + (None,) * (len(shape) - len(logical)), shape):
     if name is not None and name not in PARAM_RULES:
       raise ConfigError(f"logical axis {name!r} has no sharding rule (known: {sorted(PARAM_RULES)})")
-    axis = PARAM_RULES.get(name) if name is not None else None
-    if axis is None or axis in used or mesh.shape[axis] == 1 or dim % mesh.shape[axis]:
-      out.append(None)
-    else:
-      out.append(axis)
-      used.add(axis)
+    rule = PARAM_RULES.get(name) if name is not None else None
+    axes, size = [], 1
+    for axis in (rule,) if isinstance(rule, str) else (rule or ()):
+      if axis in used or mesh.shape[axis] == 1 or dim % (size * mesh.shape[axis]):
+        continue
+      axes.append(axis)
+      size *= mesh.shape[axis]
+    used.update(axes)
+    out.append(None if not axes else axes[0] if len(axes) == 1 else tuple(axes))
   return P(*out)
 
 

@@ -232,3 +232,19 @@ def test_batch_and_transport_errors():
     sharding.Parallel(mesh, "ragged_all_to_all")
   with pytest.raises(ConfigError, match="expert_parallel.transport='all2all'"):
     sharding.Parallel(mesh, "all2all")
+
+
+def test_rules_table_splits_each_weight_as_documented():
+  cfg = _cfg()
+  specs = sharding.param_specs(cfg, _mesh("fsdp=2,expert=2,tensor=2"))
+  layer = specs["blocks"]["layer_1"]  # RoPE + MoE layer
+  assert layer["attn"]["q"] == P(None, ("fsdp", "expert"), "tensor", None)  # [layers, D, H, K]
+  assert layer["moe"]["gate_up"] == P(None, "expert", "fsdp", None, "tensor")  # [layers, E, D, 2, F]
+  assert layer["moe"]["down"] == P(None, "expert", "tensor", "fsdp")
+  assert layer["moe"]["shared"]["gate_up"] == P(None, ("fsdp", "expert"), None, "tensor")
+  assert layer["attn_norm"]["scale"] == P(None, None)
+  # vocab 97 is odd: it stays whole rather than failing over tensor=2.
+  assert specs["embed"] == P(None, ("fsdp", "expert")) and specs["lm_head"] == P(("fsdp", "expert"), None)
+  # A dimension the axes do not divide stays whole instead of failing (width 30 over fsdp x expert = 4).
+  assert sharding.logical_to_mesh(P("embed"), (30,), _mesh("fsdp=2,expert=2,tensor=2")) == P("fsdp")
+  assert sharding.logical_to_mesh(P("embed"), (7,), _mesh("fsdp=2,expert=2,tensor=2")) == P(None)
