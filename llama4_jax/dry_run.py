@@ -177,9 +177,11 @@ def run(config, devices: int, kind: str, mesh_text: str, seq_len: int, per_devic
         break
     if not as_json:
       best = out["recommended"]
+      advice = "add devices or shorten rows"
+      if model_cfg.param_dtype == "float32":
+        advice += ", or keep parameters in bfloat16 (--config.model.param_dtype=bfloat16)"
       print("recommended: " + (" ".join(f"--config.mesh.{k}={v}" for k, v in best["mesh"].items()) if best else
-                               f"nothing fits in {headroom:.0%} of {capacity} GiB: add devices, shorten rows, "
-                               "or keep parameters in bfloat16 (--config.model.param_dtype=bfloat16)"))
+                               f"nothing fits in {headroom:.0%} of {capacity} GiB: {advice}"))
   if as_json:
     print(json.dumps(out))
   return out
