@@ -29,28 +29,22 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
-from llama4_jax.ops.moe import capacity, capacity_slots, dispatch, expert_ffn_batched, sort_assignments, swiglu
+from llama4_jax.ops.moe import (capacity, capacity_gather, capacity_scatter, dispatch, expert_ffn_batched,
+                                sort_assignments, swiglu)
 from llama4_jax.sharding import BATCH_AXES, Parallel
 
 
-def _expert_ffn_batched(x_ERD, gate_up_EDCF, down_EFD):
-  return expert_ffn_batched(x_ERD, gate_up_EDCF, down_EFD)
-
-
 def _all_to_all_capacity(x_AD, experts_A, gate_up_EDCF, down_EFD, *, ep: int, num_experts: int, cap: int):
-  a, d = x_AD.shape
+  d = x_AD.shape[1]
   e_loc = gate_up_EDCF.shape[0]
-  slot_A, keep_A = capacity_slots(experts_A, num_experts, cap)
-  send = jnp.zeros((num_experts * cap, d), x_AD.dtype).at[jnp.where(keep_A, slot_A, num_experts * cap)].set(
-      x_AD, mode="drop", unique_indices=True)
+  send, slot_A, keep_A = capacity_scatter(x_AD, experts_A, num_experts, cap)
   # [ep (destination), E_loc * cap, D] -> [ep (source), E_loc * cap, D]
   recv = jax.lax.all_to_all(send.reshape(ep, e_loc * cap, d), "expert", 0, 0, tiled=False)
   x_ERD = recv.reshape(ep, e_loc, cap, d).transpose(1, 0, 2, 3).reshape(e_loc, ep * cap, d)
-  y_ERD = _expert_ffn_batched(x_ERD, gate_up_EDCF, down_EFD)
+  y_ERD = expert_ffn_batched(x_ERD, gate_up_EDCF, down_EFD)
   y_send = y_ERD.reshape(e_loc, ep, cap, d).transpose(1, 0, 2, 3).reshape(ep, e_loc * cap, d)
   back = jax.lax.all_to_all(y_send, "expert", 0, 0, tiled=False).reshape(num_experts * cap, d)
-  y_AD = jnp.where(keep_A[:, None], back[slot_A], 0)
-  return y_AD, jnp.sum(jnp.logical_not(keep_A).astype(jnp.int32))
+  return capacity_gather(back, slot_A, keep_A), jnp.sum(jnp.logical_not(keep_A).astype(jnp.int32))
 
 
 def ragged_all_gather(operand, output, input_offsets, send_sizes, output_offsets, recv_sizes, *, axis_name: str,

@@ -206,6 +206,19 @@ def expert_ffn_batched(x_ERD, gate_up_EDCF, down_EFD):
   return jnp.einsum("erf,efd->erd", _swiglu(jnp.einsum("erd,edcf->ercf", x_ERD, gate_up_EDCF)), down_EFD)
 
 
+def capacity_scatter(x_AD, experts_A, num_experts: int, cap: int):
+  """Assignment rows -> an [E * cap, D] buffer (expert-major, empty slots zero), with each row's slot and kept mask."""
+  slot_A, keep_A = capacity_slots(experts_A, num_experts, cap)
+  buffer = jnp.zeros((num_experts * cap, x_AD.shape[1]), x_AD.dtype).at[
+      jnp.where(keep_A, slot_A, num_experts * cap)].set(x_AD, mode="drop", unique_indices=True)
+  return buffer, slot_A, keep_A
+
+
+def capacity_gather(buffer, slot_A, keep_A):
+  """The inverse of `capacity_scatter` for outputs: each assignment's row, zero where it was dropped."""
+  return jnp.where(keep_A[:, None], buffer[slot_A], 0)
+
+
 def moe_capacity(x_TD, scores_TK, experts_TK, gate_up_EDCF, down_EFD, capacity_factor: float = 1.25):
   """Fixed-capacity (Switch / GShard style) dispatch: each expert gets C = ceil(factor * T * k / E) rows, in token
   order; assignments past that are dropped (their slot contributes zero). Returns (y_TD, dropped count).
@@ -216,12 +229,10 @@ def moe_capacity(x_TD, scores_TK, experts_TK, gate_up_EDCF, down_EFD, capacity_f
   t, k = experts_TK.shape
   e, d = gate_up_EDCF.shape[0], x_TD.shape[1]
   cap = capacity(t * k, e, capacity_factor)
-  experts_A = experts_TK.reshape(-1)
-  slot_A, keep_A = capacity_slots(experts_A, e, cap)
   x_AD = jnp.repeat(x_TD, k, axis=0) * scores_TK.reshape(-1, 1)
-  x_ECD = jnp.zeros((e * cap, d), x_TD.dtype).at[jnp.where(keep_A, slot_A, e * cap)].set(
-      x_AD, mode="drop", unique_indices=True).reshape(e, cap, d)
-  y_AD = jnp.where(keep_A[:, None], expert_ffn_batched(x_ECD, gate_up_EDCF, down_EFD).reshape(e * cap, d)[slot_A], 0)
+  buffer, slot_A, keep_A = capacity_scatter(x_AD, experts_TK.reshape(-1), e, cap)
+  y_buffer = expert_ffn_batched(buffer.reshape(e, cap, d), gate_up_EDCF, down_EFD).reshape(e * cap, d)
+  y_AD = capacity_gather(y_buffer, slot_A, keep_A)
   return y_AD.reshape(t, k, d).sum(axis=1), jnp.sum(jnp.logical_not(keep_A).astype(jnp.int32))
 
 
