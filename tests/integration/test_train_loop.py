@@ -18,6 +18,16 @@ from llama4_jax.train.loop import train_and_evaluate
 from llama4_jax.train.metrics import read_metrics
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _in_process_smoke():
+  """The smoke experiment for runs inside this test process, which has 8 simulated devices (tests/conftest.py): the
+  default mesh is data parallel over all of them, so every batch needs a multiple of 8 rows. The subprocess runs
+  below see one device and keep the smoke shapes."""
+  config = default_config.get_config("smoke")
+  config.data.batch_size = 8
+  config.stages.midtrain.overrides.data.batch_size = 8
+  return config
 SMOKE = "configs/default.py:smoke"
 
 
@@ -136,17 +146,17 @@ def test_bad_override_key_fails_before_compiling(tmp_path):
 
 
 def test_bad_stage_override_and_incompatible_workdir(tmp_path):
-  config = default_config.get_config("smoke")
+  config = _in_process_smoke()
   config.stages.midtrain.overrides.train["stepz"] = 3
   with pytest.raises(Exception, match=r"stages\.midtrain\.overrides\.train\.stepz"):
     train_and_evaluate(config, str(tmp_path / "x"))
-  config = default_config.get_config("smoke")
+  config = _in_process_smoke()
   config.stage_order = ("pretrain",)
   config.train.update(steps=2, tensorboard=True, progress=False)
   workdir = str(tmp_path / "compat")
   train_and_evaluate(config, workdir)
   assert any(f.startswith("events") for f in os.listdir(os.path.join(workdir, "tensorboard")))
-  other = default_config.get_config("smoke")
+  other = _in_process_smoke()
   other.stage_order = ("pretrain",)
   other.model.hidden_size = 32
   with pytest.raises(CheckpointMismatchError, match="incompatible"):
@@ -155,7 +165,7 @@ def test_bad_stage_override_and_incompatible_workdir(tmp_path):
 
 def test_loss_falls_and_stages_chain(tmp_path):
   """Loss clearly falls; the second stage starts from the first stage's final parameters."""
-  config = default_config.get_config("smoke")
+  config = _in_process_smoke()
   config.train.update(steps=40, eval_every=0, checkpoint_every=100, tensorboard=False, progress=False)
   config.optim.update(learning_rate=1e-2, warmup_steps=5)
   workdir = str(tmp_path / "falls")
@@ -184,7 +194,7 @@ def test_loss_falls_and_stages_chain(tmp_path):
 
 def test_run_stops_after_consecutive_nonfinite_updates(tmp_path):
   from llama4_jax.train.loop import NonFiniteError
-  config = default_config.get_config("smoke")
+  config = _in_process_smoke()
   config.stage_order = ("pretrain",)
   config.model.initializer_range = 1e30  # logits overflow: every loss is non-finite
   config.train.update(steps=10, max_nonfinite_in_a_row=3, tensorboard=False, progress=False, checkpoint_every=100)
