@@ -43,11 +43,11 @@ sys.path.insert(0, ROOT)
 
 from absl import app, flags  # noqa: E402
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from jax.sharding import NamedSharding  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
+from benchmarks.timing import matmul_gflops, timed_steps  # noqa: E402
 from llama4_jax import sharding  # noqa: E402
 from llama4_jax.config import model_config  # noqa: E402
 from llama4_jax.model import init_params  # noqa: E402
@@ -78,18 +78,9 @@ HLO_BYTES = {"f64": 8, "s64": 8, "u64": 8, "f32": 4, "s32": 4, "u32": 4, "bf16":
 COLLECTIVES = ("all-to-all", "all-gather", "all-reduce", "reduce-scatter", "collective-permute")
 
 
-def matmul_gflops(repeats: int) -> float:
-  """Median fp32 GFLOP/s of a jitted 1024 x 1024 x 1024 matmul on the first device."""
-  mm = jax.jit(jnp.matmul)
-  a = jax.device_put(jax.random.normal(jax.random.key(0), (1024, 1024), jnp.float32), jax.devices()[0])
-  b = jax.device_put(jax.random.normal(jax.random.key(1), (1024, 1024), jnp.float32), jax.devices()[0])
-  mm(a, b).block_until_ready()
-  times = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    mm(a, b).block_until_ready()
-    times.append(time.perf_counter() - t0)
-  return 2 * 1024 ** 3 / statistics.median(times) / 1e9
+def _square_matmul_gflops() -> float:
+  """fp32 GFLOP/s of a 1024^3 matmul on the first device."""
+  return matmul_gflops([(1024, 1024, 1024)], PEAK_REPEATS.value)["1024x1024x1024"]
 
 
 def stage_config(config, mesh_text: str):
@@ -241,19 +232,13 @@ def worker() -> None:
   compiled = step_fn.lower(state, batch, key).compile()
   compile_s = time.perf_counter() - t0
   collectives = hlo_collectives(compiled.as_text())
-  peak_before = matmul_gflops(PEAK_REPEATS.value)
+  peak_before = _square_matmul_gflops()
   t0 = time.perf_counter()
   state, metrics = jax.block_until_ready(compiled(state, batch, jax.random.fold_in(key, 0)))
   first_s = time.perf_counter() - t0
   first_loss, dropped = float(metrics["loss"]), int(metrics["moe_dropped"])
-  for i in range(WARMUP.value):
-    state, metrics = jax.block_until_ready(compiled(state, batch, jax.random.fold_in(key, 1 + i)))
-  times = []
-  for i in range(STEPS.value):
-    t0 = time.perf_counter()
-    state, metrics = jax.block_until_ready(compiled(state, batch, jax.random.fold_in(key, 1 + WARMUP.value + i)))
-    times.append(time.perf_counter() - t0)
-  peak_after = matmul_gflops(PEAK_REPEATS.value)
+  state, metrics, times = timed_steps(compiled, state, batch, key, WARMUP.value, STEPS.value)
+  peak_after = _square_matmul_gflops()
   step_s = statistics.median(times)
   analytic = analytic_all_to_all(model_cfg, mesh, parallel, cfg)
   a2a = collectives["all-to-all"]

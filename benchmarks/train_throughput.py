@@ -23,9 +23,9 @@ ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 sys.path.insert(0, ROOT)
 
 from absl import app, flags  # noqa: E402
+
+from benchmarks.timing import matmul_gflops, timed_steps  # noqa: E402
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from llama4_jax.config import model_config  # noqa: E402
@@ -47,23 +47,6 @@ PEAK_SHAPES = ((1024, 1024, 1024), (2048, 256, 1024))  # (M, K, N): a square one
 
 def shape_from(config, batch: int, seq: int) -> tuple[int, int]:
   return batch or int(config.data.batch_size), seq or int(config.data.seq_len)
-
-
-def matmul_peak_gflops(repeats: int) -> dict:
-  """Best median fp32 GFLOP/s over PEAK_SHAPES, and each shape's figure."""
-  mm = jax.jit(jnp.matmul)
-  out = {}
-  for m, k, n in PEAK_SHAPES:
-    a = jax.random.normal(jax.random.key(0), (m, k), jnp.float32)
-    b = jax.random.normal(jax.random.key(1), (k, n), jnp.float32)
-    mm(a, b).block_until_ready()
-    times = []
-    for _ in range(repeats):
-      t0 = time.perf_counter()
-      mm(a, b).block_until_ready()
-      times.append(time.perf_counter() - t0)
-    out[f"{m}x{k}x{n}"] = 2 * m * k * n / statistics.median(times) / 1e9
-  return out
 
 
 def build(config):
@@ -89,7 +72,7 @@ def main(argv):
   del argv
   config = CONFIG.value
   batch_size, seq_len = shape_from(config, BATCH.value, SEQ.value)
-  peak_before = matmul_peak_gflops(PEAK_REPEATS.value)
+  peak_before = matmul_gflops(PEAK_SHAPES, PEAK_REPEATS.value)
   model_cfg, state, step_fn = build(config)
   batch = jax.device_put(synthetic_batch(model_cfg.vocab_size, batch_size, seq_len))
   key = jax.random.key(config.seed)
@@ -97,14 +80,8 @@ def main(argv):
   state, metrics = jax.block_until_ready(step_fn(state, batch, jax.random.fold_in(key, 0)))
   compile_and_first_s = time.perf_counter() - t0
   first_loss = float(metrics["loss"])
-  for i in range(WARMUP.value):
-    state, metrics = jax.block_until_ready(step_fn(state, batch, jax.random.fold_in(key, 1 + i)))
-  times = []
-  for i in range(STEPS.value):
-    t0 = time.perf_counter()
-    state, metrics = jax.block_until_ready(step_fn(state, batch, jax.random.fold_in(key, 1 + WARMUP.value + i)))
-    times.append(time.perf_counter() - t0)
-  peak_after = matmul_peak_gflops(PEAK_REPEATS.value)
+  state, metrics, times = timed_steps(step_fn, state, batch, key, WARMUP.value, STEPS.value)
+  peak_after = matmul_gflops(PEAK_SHAPES, PEAK_REPEATS.value)
   peaks = {k: max(peak_before[k], peak_after[k]) for k in peak_before}
   peak = max(peaks.values())
   step_s = statistics.median(times)
