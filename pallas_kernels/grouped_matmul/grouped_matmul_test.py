@@ -87,18 +87,23 @@ def _assert_zero_outside_groups(sizes, out_TN, d_lhs_TK, d_rhs_EKN):
       assert not np.any(np.asarray(d_rhs_EKN)[e]), f'empty group {e} d_rhs'
 
 
-@pytest.mark.parametrize('shape,sizes', CASES,
-                         ids=[f'T{c[0][0]}-E{len(c[1])}-{c[1]}' for c in CASES])
-def test_forward_and_grads_match_reference(shape, sizes):
+def _check_fp32_against_reference(run, shape, sizes, seed):
+  """Forward and both gradients of `run` vs the reference at 1e-5; exact zeros outside the groups."""
   T, K, N, tiling = shape
-  lhs_TK, rhs_EKN, d_out_TN = _inputs(T, K, N, len(sizes))
+  lhs_TK, rhs_EKN, d_out_TN = _inputs(T, K, N, len(sizes), seed=seed)
   group_sizes_E = jnp.array(sizes, jnp.int32)
-  got = _kernel_out_and_grads(lhs_TK, rhs_EKN, group_sizes_E, d_out_TN, tiling)
+  got = run(lhs_TK, rhs_EKN, group_sizes_E, d_out_TN, tiling)
   want = _reference_out_and_grads(lhs_TK, rhs_EKN, group_sizes_E, d_out_TN)
   for name, g, w in zip(('out', 'd_lhs', 'd_rhs'), got, want):
     assert g.shape == w.shape and g.dtype == w.dtype, name
     _assert_close(g, w, 1e-5)
   _assert_zero_outside_groups(sizes, *got)
+
+
+@pytest.mark.parametrize('shape,sizes', CASES,
+                         ids=[f'T{c[0][0]}-E{len(c[1])}-{c[1]}' for c in CASES])
+def test_forward_and_grads_match_reference(shape, sizes):
+  _check_fp32_against_reference(_kernel_out_and_grads, shape, sizes, seed=0)
 
 
 @pytest.mark.parametrize('kernel', ['triton_style', 'tpu'])
@@ -239,15 +244,7 @@ def _tpu_out_and_grads(lhs_TK, rhs_EKN, group_sizes_E, d_out_TN, tiling):
 
 @pytest.mark.parametrize('sizes', TPU_CASES, ids=[str(s) for s in TPU_CASES])
 def test_tpu_kernel_forward_and_grads_match_reference(sizes):
-  T, K, N, tiling = TPU_E3
-  lhs_TK, rhs_EKN, d_out_TN = _inputs(T, K, N, len(sizes), seed=2)
-  group_sizes_E = jnp.array(sizes, jnp.int32)
-  got = _tpu_out_and_grads(lhs_TK, rhs_EKN, group_sizes_E, d_out_TN, tiling)
-  want = _reference_out_and_grads(lhs_TK, rhs_EKN, group_sizes_E, d_out_TN)
-  for name, g, w in zip(('out', 'd_lhs', 'd_rhs'), got, want):
-    assert g.shape == w.shape and g.dtype == w.dtype, name
-    _assert_close(g, w, 1e-5)
-  _assert_zero_outside_groups(sizes, *got)
+  _check_fp32_against_reference(_tpu_out_and_grads, TPU_E3, sizes, seed=2)
 
 
 def test_tpu_kernel_junk_rows_past_the_end_do_not_leak():

@@ -146,6 +146,15 @@ def _gmm_body(group_ref, m_tile_ref, offsets_ref, num_active_ref, lhs_ref,
     out_ref[...] = acc_ref[...].astype(out_ref.dtype)
 
 
+def _tiles_and_padded_lhs(lhs_TK, N, tiling, sublane):
+  """TPU-legal (tm, tk, tn) for [T, K] x [*, K, N], the padded (Tp, Kp, Np), and lhs zero-padded to [Tp, Kp]."""
+  T, K = lhs_TK.shape
+  tm = fit_tile(tiling[0], T, sublane)
+  tk, tn = fit_tile(tiling[1], K, LANE), fit_tile(tiling[2], N, LANE)
+  Tp, Kp, Np = _round_up(T, tm), _round_up(K, tk), _round_up(N, tn)
+  return (tm, tk, tn), (Tp, Kp, Np), _pad_axis(_pad_axis(lhs_TK, 0, Tp), 1, Kp)
+
+
 def gmm_kernel(lhs_TK, rhs_EKN, group_sizes_E, *, tiling=(128, 128, 128),
                interpret=False):
   """TPU Pallas grouped matmul; see ``reference.gmm_reference`` for semantics.
@@ -158,10 +167,8 @@ def gmm_kernel(lhs_TK, rhs_EKN, group_sizes_E, *, tiling=(128, 128, 128),
     raise ValueError(f'shape mismatch: lhs {lhs_TK.shape}, rhs '
                      f'{rhs_EKN.shape}, group_sizes {group_sizes_E.shape}')
   out_dtype = jnp.result_type(lhs_TK.dtype, rhs_EKN.dtype)
-  tm = fit_tile(tiling[0], T, sublane_multiple(lhs_TK.dtype, out_dtype))
-  tk, tn = fit_tile(tiling[1], K, LANE), fit_tile(tiling[2], N, LANE)
-  Tp, Kp, Np = _round_up(T, tm), _round_up(K, tk), _round_up(N, tn)
-  lhs_p = _pad_axis(_pad_axis(lhs_TK, 0, Tp), 1, Kp)
+  (tm, tk, tn), (Tp, Kp, Np), lhs_p = _tiles_and_padded_lhs(
+      lhs_TK, N, tiling, sublane_multiple(lhs_TK.dtype, out_dtype))
   rhs_p = _pad_axis(_pad_axis(rhs_EKN, 1, Kp), 2, Np)
   meta = visit_metadata(group_sizes_E, Tp, tm, cover_tail=True)
   num_steps = meta[0].shape[0]
@@ -230,11 +237,8 @@ def tgmm_kernel(lhs_TK, d_out_TN, group_sizes_E, *, tiling=(128, 128, 128),
   if T != T2:
     raise ValueError(f'row mismatch: lhs {lhs_TK.shape}, d_out {d_out_TN.shape}')
   out_dtype = jnp.result_type(lhs_TK.dtype, d_out_TN.dtype)
-  tm = fit_tile(tiling[0], T, sublane_multiple(lhs_TK.dtype, d_out_TN.dtype))
-  tk = fit_tile(tiling[1], K, LANE)
-  tn = fit_tile(tiling[2], N, LANE)
-  Tp, Kp, Np = _round_up(T, tm), _round_up(K, tk), _round_up(N, tn)
-  lhs_p = _pad_axis(_pad_axis(lhs_TK, 0, Tp), 1, Kp)
+  (tm, tk, tn), (Tp, Kp, Np), lhs_p = _tiles_and_padded_lhs(
+      lhs_TK, N, tiling, sublane_multiple(lhs_TK.dtype, d_out_TN.dtype))
   d_out_p = _pad_axis(_pad_axis(d_out_TN, 0, Tp), 1, Np)
   meta = visit_metadata(group_sizes_E, Tp, tm, cover_tail=False)
   num_steps = meta[0].shape[0]
