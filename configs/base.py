@@ -35,7 +35,7 @@ def train_config():
 
 
 # Kernel choice per preset: the tiny model targets CPUs (block-padded expert matmuls); the rest accelerators.
-CPU_PRESETS = ("tiny",)
+CPU_PRESETS = ("tiny", "tiny_vl")
 
 
 def kernels_config(preset: str):

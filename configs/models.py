@@ -17,7 +17,8 @@ def _vision(enabled: bool):
   return ml_collections.ConfigDict(dict(
       enabled=enabled, hidden_size=1408, num_hidden_layers=34, num_attention_heads=16, intermediate_size=5632,
       image_size=336, patch_size=14, num_channels=3, pixel_shuffle_ratio=0.5, projector_input_dim=4096,
-      projector_output_dim=4096, vision_output_dim=4096, rope_theta=10000.0, norm_eps=1e-5))
+      projector_output_dim=4096, vision_output_dim=4096, rope_theta=10000.0, norm_eps=1e-5, image_token_id=200092,
+      max_num_tiles=16))
 
 
 def base_model():
@@ -43,6 +44,17 @@ def tiny():
                 max_position_embeddings=4096, bos_token_id=3840, eos_token_id=3841, pad_token_id=3858,
                 scan_unroll=2))  # both super-blocks unrolled: less loop overhead on CPU
   m.rope_scaling = _llama3_scaling(True)
+  return m
+
+
+def tiny_vl():
+  """The tiny text model with a small vision tower: 32 px tiles of 4 px patches (16 image tokens per tile after
+  the pixel shuffle), up to 4 tiles + a global tile per image. Trains on the embedded image set on 2 CPU cores."""
+  m = tiny()
+  m.vision = _vision(True)
+  m.vision.update(dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=256,
+                       image_size=32, patch_size=4, projector_input_dim=128, projector_output_dim=128,
+                       vision_output_dim=128, image_token_id=3840 + 92, max_num_tiles=4))
   return m
 
 
@@ -91,4 +103,4 @@ def behemoth():
   return m
 
 
-PRESETS = {"tiny": tiny, "small": small, "scout": scout, "maverick": maverick, "behemoth": behemoth}
+PRESETS = {"tiny": tiny, "tiny_vl": tiny_vl, "small": small, "scout": scout, "maverick": maverick, "behemoth": behemoth}

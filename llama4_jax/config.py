@@ -39,7 +39,7 @@ class RopeScaling:
 
 @dataclasses.dataclass(frozen=True)
 class VisionConfig:
-  """Llama 4 vision tower + projector shapes (HF `Llama4VisionConfig` names). Used for parameter counts here."""
+  """Llama 4 vision tower + projector (HF `Llama4VisionConfig` names, plus the image token id and tile limit)."""
 
   hidden_size: int = 1408
   num_hidden_layers: int = 34
@@ -54,6 +54,12 @@ class VisionConfig:
   vision_output_dim: int = 4096
   rope_theta: float = 10000.0
   norm_eps: float = 1e-5
+  image_token_id: int = 200092  # `<|patch|>`: the positions that receive image features (HF image_token_index)
+  max_num_tiles: int = 16  # preprocessing: tile grids up to this many tiles (+ a global tile), HF `max_patches`
+
+  @property
+  def tokens_per_tile(self) -> int:
+    return int(round((self.image_size // self.patch_size) ** 2 * self.pixel_shuffle_ratio ** 2))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,11 +135,11 @@ class ModelConfig:
     return dataclasses.replace(self, **changes)
 
 
-def _positive(cfg, *names):
+def _positive(cfg, *names, prefix="model."):
   for name in names:
     value = getattr(cfg, name)
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-      raise ConfigError(f"model.{name} must be a positive number, got {value!r}")
+      raise ConfigError(f"{prefix}{name} must be a positive number, got {value!r}")
 
 
 def validate(cfg: ModelConfig) -> None:
@@ -184,9 +190,35 @@ def validate(cfg: ModelConfig) -> None:
                           f"low_freq_factor={rs.low_freq_factor} > 0")
       if rs.original_max_position_embeddings <= 0:
         raise ConfigError("model.rope_scaling.original_max_position_embeddings must be positive")
-  if cfg.vision is not None and cfg.vision.hidden_size % cfg.vision.num_attention_heads:
-    raise ConfigError(f"model.vision.hidden_size={cfg.vision.hidden_size} is not divisible by "
-                      f"model.vision.num_attention_heads={cfg.vision.num_attention_heads}")
+  if cfg.vision is not None:
+    validate_vision(cfg.vision, cfg.vocab_size)
+
+
+def validate_vision(v: VisionConfig, vocab_size: int) -> None:
+  """The vision tower's shape rules; Hugging Face's modules tie some widths together, so they are checked here."""
+  _positive(v, "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "image_size",
+            "patch_size", "num_channels", "projector_input_dim", "projector_output_dim", "vision_output_dim",
+            "rope_theta", "norm_eps", "max_num_tiles", prefix="model.vision.")
+  if v.hidden_size % v.num_attention_heads or (v.hidden_size // v.num_attention_heads) % 4:
+    raise ConfigError(f"model.vision.hidden_size={v.hidden_size} / num_attention_heads={v.num_attention_heads} "
+                      "must be a whole head size divisible by 4 (2D RoPE rotates x and y in half the pairs each)")
+  if v.image_size % v.patch_size:
+    raise ConfigError(f"model.vision.image_size={v.image_size} is not a multiple of patch_size={v.patch_size}")
+  shuffle = 1 / v.pixel_shuffle_ratio if v.pixel_shuffle_ratio > 0 else 0
+  grid = v.image_size // v.patch_size
+  if abs(shuffle - round(shuffle)) > 1e-9 or round(shuffle) < 1 or grid % round(shuffle):
+    raise ConfigError(f"model.vision.pixel_shuffle_ratio={v.pixel_shuffle_ratio} must be 1/s for an integer s "
+                      f"dividing the {grid}x{grid} patch grid")
+  if v.intermediate_size != v.hidden_size * round(shuffle) ** 2:
+    raise ConfigError(f"model.vision.intermediate_size={v.intermediate_size} must equal hidden_size / "
+                      f"pixel_shuffle_ratio**2 = {v.hidden_size * round(shuffle) ** 2} (Hugging Face feeds the "
+                      "pixel-shuffled features to an adapter layer of input width intermediate_size)")
+  if v.vision_output_dim != v.projector_output_dim:
+    raise ConfigError(f"model.vision.vision_output_dim={v.vision_output_dim} must equal "
+                      f"projector_output_dim={v.projector_output_dim} (the projector reads the adapter's output)")
+  if not 0 <= v.image_token_id < vocab_size:
+    raise ConfigError(f"model.vision.image_token_id={v.image_token_id} is outside the vocabulary "
+                      f"(vocab_size={vocab_size})")
 
 
 def _build(cls, values: Mapping[str, Any], prefix: str):

@@ -35,12 +35,13 @@ def vision_param_count(v: VisionConfig | None, text_hidden: int) -> int:
 def count(cfg: ModelConfig) -> dict[str, int]:
   from llama4_jax.model import param_shapes
 
-  shapes = param_shapes(cfg)
+  shapes = dict(param_shapes(cfg))
+  vision_shapes = shapes.pop("vision", {})
   text = sum(math.prod(x.shape) for x in jax.tree_util.tree_leaves(shapes))
   moe_layers = sum(cfg.is_moe_layer(i) for i in range(cfg.num_hidden_layers))
   per_expert = 3 * cfg.hidden_size * cfg.intermediate_size
   idle = moe_layers * (cfg.num_local_experts - cfg.num_experts_per_tok) * per_expert
-  vision = vision_param_count(cfg.vision, cfg.hidden_size)
+  vision = sum(math.prod(x.shape) for x in jax.tree_util.tree_leaves(vision_shapes))
   return {"text_total": text, "vision_total": vision, "total": text + vision, "active_text": text - idle,
           "embedding": 2 * cfg.vocab_size * cfg.hidden_size, "routed_experts": moe_layers * cfg.num_local_experts *
           per_expert}

@@ -1,4 +1,5 @@
-"""`load_hf` / `save_hf`: Hugging Face Llama4ForCausalLM safetensors directories <-> (ModelConfig, params).
+"""`load_hf` / `save_hf`: Hugging Face Llama4ForCausalLM and Llama4ForConditionalGeneration (text + vision tower)
+safetensors directories <-> (ModelConfig, params).
 
 Layouts: HF linear weights are [out, in]; ours are input-major and split per head ([D, H, K] for q). HF's fused
 expert tensors are already input-major: `gate_up_proj` [E, D, 2F] (gate first) and `down_proj` [E, F, D]; our
@@ -71,11 +72,73 @@ def _layer_entries(cfg: ModelConfig, j: int):
   return _ATTN + (_MOE if cfg.is_moe_layer(j) else _DENSE)
 
 
+def _vision_heads_in(w, c):  # [H*K, D] -> [D, H, K]
+  v = c.vision
+  return w.T.reshape(v.hidden_size, v.num_attention_heads, -1)
+
+
+def _vision_bias_in(w, c):  # [H*K] -> [H, K]
+  return w.reshape(c.vision.num_attention_heads, -1)
+
+
+_FLAT = lambda w, c: w.reshape(w.shape[0], -1).T if w.ndim == 3 else w.reshape(-1)  # noqa: E731
+
+
+def _vision_attn(name):
+  return [(f"self_attn.{name}_proj.weight", (name,), _vision_heads_in, _FLAT),
+          (f"self_attn.{name}_proj.bias", (f"{name}_bias",), _vision_bias_in, _FLAT)]
+
+
+# Vision tower, per encoder layer j: (HF suffix after `vision_model.model.layers.{j}.`, our path under
+# params['vision']['layers'], HF -> ours, ours -> HF).
+_VISION_LAYER = _vision_attn("q") + _vision_attn("k") + _vision_attn("v") + [
+    ("self_attn.o_proj.weight", ("o",), lambda w, c: w.T.reshape(c.vision.num_attention_heads, -1, w.shape[0]),
+     lambda w, c: w.reshape(-1, w.shape[-1]).T),
+    ("self_attn.o_proj.bias", ("o_bias",), _ID, _ID),
+    ("mlp.fc1.weight", ("fc1",), _T, _T), ("mlp.fc1.bias", ("fc1_bias",), _ID, _ID),
+    ("mlp.fc2.weight", ("fc2",), _T, _T), ("mlp.fc2.bias", ("fc2_bias",), _ID, _ID),
+    ("input_layernorm.weight", ("attn_norm", "scale"), _ID, _ID),
+    ("input_layernorm.bias", ("attn_norm", "bias"), _ID, _ID),
+    ("post_attention_layernorm.weight", ("mlp_norm", "scale"), _ID, _ID),
+    ("post_attention_layernorm.bias", ("mlp_norm", "bias"), _ID, _ID),
+]
+# Everything else of the vision tower and the projector: (HF key, our path under params['vision'], to ours, to HF).
+_VISION_TOP = [
+    ("vision_model.patch_embedding.linear.weight", ("patch_embed",), _T, _T),
+    ("vision_model.class_embedding", ("class_embedding",), _ID, _ID),
+    ("vision_model.positional_embedding_vlm", ("position_embedding",), _ID, _ID),
+    ("vision_model.layernorm_pre.weight", ("pre_norm", "scale"), _ID, _ID),
+    ("vision_model.layernorm_pre.bias", ("pre_norm", "bias"), _ID, _ID),
+    ("vision_model.layernorm_post.weight", ("post_norm", "scale"), _ID, _ID),
+    ("vision_model.layernorm_post.bias", ("post_norm", "bias"), _ID, _ID),
+    ("vision_model.vision_adapter.mlp.fc1.weight", ("adapter_fc1",), _T, _T),
+    ("vision_model.vision_adapter.mlp.fc2.weight", ("adapter_fc2",), _T, _T),
+    ("multi_modal_projector.linear_1.weight", ("projector",), _T, _T),
+]
+
+
+def _vision_entries(cfg: ModelConfig):
+  """(HF key, our leaf, layer index or None, to ours, to HF) for every vision tensor."""
+  if cfg.vision is None:
+    return []
+  out = [(key, ("vision",) + ours, None, to_ours, to_hf) for key, ours, to_ours, to_hf in _VISION_TOP]
+  for j in range(cfg.vision.num_hidden_layers):
+    out += [(f"vision_model.model.layers.{j}.{suffix}", ("vision", "layers") + ours, j, to_ours, to_hf)
+            for suffix, ours, to_ours, to_hf in _VISION_LAYER]
+  return out
+
+
+def _text_prefix(cfg: ModelConfig) -> str:
+  """Llama4ForConditionalGeneration nests the text model under `language_model.`."""
+  return "language_model." if cfg.vision is not None else ""
+
+
 def _expected_keys(cfg: ModelConfig) -> set[str]:
-  keys = {"model.embed_tokens.weight", "model.norm.weight", "lm_head.weight"}
+  t = _text_prefix(cfg)
+  keys = {f"{t}model.embed_tokens.weight", f"{t}model.norm.weight", f"{t}lm_head.weight"}
   for i in range(cfg.num_hidden_layers):
-    keys |= {f"model.layers.{i}.{suffix}" for suffix, *_ in _layer_entries(cfg, i % cfg.block_size)}
-  return keys
+    keys |= {f"{t}model.layers.{i}.{suffix}" for suffix, *_ in _layer_entries(cfg, i % cfg.block_size)}
+  return keys | {key for key, *_ in _vision_entries(cfg)}
 
 
 def _slot(leaf, slot):
@@ -122,7 +185,8 @@ def _check_shape(arr, shape, key, file):
 
 
 def load_hf(path: str, param_dtype: str = "float32", **config_overrides) -> tuple[ModelConfig, dict]:
-  """Reads a local HF Llama 4 text checkpoint directory -> (ModelConfig, params pytree of numpy arrays)."""
+  """Reads a local HF Llama 4 checkpoint directory (text-only or with the vision tower) -> (ModelConfig, params
+  pytree of numpy arrays). `config_overrides` replace ModelConfig fields (e.g. kernels: moe_impl='blocked')."""
   from llama4_jax.model import param_shapes
 
   cfg_path = os.path.join(path, "config.json")
@@ -134,8 +198,11 @@ def load_hf(path: str, param_dtype: str = "float32", **config_overrides) -> tupl
   cfg = config_from_hf(hf_cfg, param_dtype=param_dtype, **config_overrides)
   index = _TensorIndex(path)
   expected = _expected_keys(cfg)
-  tied = bool(hf_cfg.get("tie_word_embeddings")) and "lm_head.weight" not in index.files
-  missing = sorted(expected - set(index.files) - ({"lm_head.weight"} if tied else set()))
+  t = _text_prefix(cfg)
+  text_cfg = hf_cfg.get("text_config", hf_cfg) if t else hf_cfg
+  tied = bool(text_cfg.get("tie_word_embeddings", hf_cfg.get("tie_word_embeddings"))) and \
+      f"{t}lm_head.weight" not in index.files
+  missing = sorted(expected - set(index.files) - ({f"{t}lm_head.weight"} if tied else set()))
   if missing:
     where = index.source
     raise CheckpointError(f"{where}: missing tensor(s) {missing[:5]}{' ...' if len(missing) > 5 else ''}")
@@ -151,20 +218,26 @@ def load_hf(path: str, param_dtype: str = "float32", **config_overrides) -> tupl
     _check_shape(value, target.shape, key, index.files.get(key, path))
     target[...] = value.astype(dtype)
 
-  put(params["embed"], index.get("model.embed_tokens.weight"), "model.embed_tokens.weight")
-  put(params["final_norm"]["scale"], index.get("model.norm.weight"), "model.norm.weight")
-  head = index.get("model.embed_tokens.weight" if tied else "lm_head.weight")
-  _check_shape(head, (cfg.vocab_size, cfg.hidden_size), "lm_head.weight", index.files.get("lm_head.weight", path))
-  put(params["lm_head"], head.T, "lm_head.weight")
+  put(params["embed"], index.get(f"{t}model.embed_tokens.weight"), f"{t}model.embed_tokens.weight")
+  put(params["final_norm"]["scale"], index.get(f"{t}model.norm.weight"), f"{t}model.norm.weight")
+  head_key = f"{t}lm_head.weight"
+  head = index.get(f"{t}model.embed_tokens.weight" if tied else head_key)
+  _check_shape(head, (cfg.vocab_size, cfg.hidden_size), head_key, index.files.get(head_key, path))
+  put(params["lm_head"], head.T, head_key)
   for i in range(cfg.num_hidden_layers):
     b, j = divmod(i, cfg.block_size)
     layer = params["blocks"][f"layer_{j}"]
     for suffix, ours, slot, to_ours, to_hf in _layer_entries(cfg, j):
-      key = f"model.layers.{i}.{suffix}"
+      key = f"{t}model.layers.{i}.{suffix}"
       target = _slot(_leaf(layer, ours)[b], slot)
       raw = index.get(key)
       _check_shape(raw, _hf_shape(to_hf, target.shape, cfg), key, index.files[key])
       put(target, to_ours(raw, cfg), key)
+  for key, ours, j, to_ours, to_hf in _vision_entries(cfg):
+    target = _leaf(params, ours) if j is None else _leaf(params, ours)[j]
+    raw = index.get(key)
+    _check_shape(raw, _hf_shape(to_hf, target.shape, cfg), key, index.files[key])
+    put(target, to_ours(raw, cfg), key)
   return cfg, params
 
 
@@ -181,21 +254,26 @@ def _leaf(tree, path):
 
 
 def hf_state_dict(cfg: ModelConfig, params, dtype=np.float32) -> dict[str, np.ndarray]:
-  """Our params -> HF Llama4ForCausalLM tensor dict (numpy, `dtype`)."""
+  """Our params -> HF tensor dict (numpy, `dtype`): Llama4ForCausalLM, or Llama4ForConditionalGeneration when the
+  model has a vision tower."""
   params = jax.tree_util.tree_map(lambda x: np.asarray(x, np.float32), params)
-  out = {"model.embed_tokens.weight": params["embed"], "model.norm.weight": params["final_norm"]["scale"],
-         "lm_head.weight": params["lm_head"].T}
+  t = _text_prefix(cfg)
+  out = {f"{t}model.embed_tokens.weight": params["embed"], f"{t}model.norm.weight": params["final_norm"]["scale"],
+         f"{t}lm_head.weight": params["lm_head"].T}
   for i in range(cfg.num_hidden_layers):
     b, j = divmod(i, cfg.block_size)
     layer = params["blocks"][f"layer_{j}"]
     for suffix, ours, slot, _, to_hf in _layer_entries(cfg, j):
-      out[f"model.layers.{i}.{suffix}"] = to_hf(_slot(_leaf(layer, ours)[b], slot), cfg)
+      out[f"{t}model.layers.{i}.{suffix}"] = to_hf(_slot(_leaf(layer, ours)[b], slot), cfg)
+  for key, ours, j, _, to_hf in _vision_entries(cfg):
+    out[key] = to_hf(_leaf(params, ours) if j is None else _leaf(params, ours)[j], cfg)
   return {k: np.ascontiguousarray(v).astype(dtype) for k, v in out.items()}
 
 
 def save_hf(cfg: ModelConfig, params, path: str, dtype: str = "float32", max_shard_bytes: int = 5 * 2**30,
             overwrite: bool = False) -> str:
-  """Writes a directory that transformers' `Llama4ForCausalLM.from_pretrained` loads to the same logits.
+  """Writes a directory that transformers' `Llama4ForCausalLM.from_pretrained` (or, with a vision tower,
+  `Llama4ForConditionalGeneration.from_pretrained`) loads to the same logits.
 
   Everything is written into a temporary sibling directory that is renamed into place at the end, so `path` never
   holds a half-written checkpoint.

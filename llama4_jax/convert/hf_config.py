@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from llama4_jax.config import ConfigError, ModelConfig, RopeScaling
+from llama4_jax.config import ConfigError, ModelConfig, RopeScaling, VisionConfig
 
 TEXT_ARCHITECTURES = ("Llama4ForCausalLM",)
 VISION_ARCHITECTURES = ("Llama4ForConditionalGeneration",)
@@ -47,14 +47,56 @@ def _rope(hf: dict) -> tuple[float, RopeScaling | None]:
   return float(theta), rs
 
 
+_VISION_FIELDS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "image_size",
+                  "patch_size", "num_channels", "pixel_shuffle_ratio", "projector_input_dim", "projector_output_dim",
+                  "vision_output_dim", "norm_eps")
+
+
+def is_multimodal(hf: dict) -> bool:
+  """True for a Llama4ForConditionalGeneration config.json (text_config + vision_config)."""
+  return any(a in VISION_ARCHITECTURES for a in hf.get("architectures") or []) or hf.get("model_type") == "llama4"
+
+
+def vision_from_hf(hf: dict, **overrides: Any) -> VisionConfig:
+  """VisionConfig from a Llama4Config's `vision_config` (+ its top-level `image_token_index`)."""
+  v = hf.get("vision_config")
+  if not isinstance(v, dict):
+    raise ConfigError("config.json: a Llama4ForConditionalGeneration config needs a 'vision_config' object")
+  if v.get("hidden_act", "gelu") != "gelu":
+    raise ConfigError(f"config.json: vision_config.hidden_act {v['hidden_act']!r} is not supported (Llama 4: gelu)")
+  if v.get("multi_modal_projector_bias"):
+    raise ConfigError("config.json: vision_config.multi_modal_projector_bias=true is not supported (Llama 4: false)")
+  defaults = VisionConfig()
+  values = {}
+  for name in _VISION_FIELDS:
+    value = v.get(name, getattr(defaults, name))
+    if isinstance(value, (list, tuple)):  # HF allows [h, w] sizes; Llama 4 tiles and patches are square
+      if len(set(value)) != 1:
+        raise ConfigError(f"config.json: vision_config.{name}={value} is not square")
+      value = value[0]
+    values[name] = value
+  rope = v.get("rope_parameters") or {}
+  values["rope_theta"] = float(rope.get("rope_theta", v.get("rope_theta", defaults.rope_theta)))
+  values["image_token_id"] = int(hf.get("image_token_index", hf.get("image_token_id", defaults.image_token_id)))
+  values.update(overrides)
+  return VisionConfig(**values)
+
+
 def config_from_hf(hf: dict, **overrides: Any) -> ModelConfig:
-  """ModelConfig from a parsed text config.json (Llama4ForCausalLM / model_type 'llama4_text')."""
+  """ModelConfig from a parsed config.json: Llama4ForCausalLM (model_type 'llama4_text') or, with its vision
+  tower, Llama4ForConditionalGeneration (model_type 'llama4', text_config + vision_config)."""
   archs = hf.get("architectures") or []
-  if any(a in VISION_ARCHITECTURES for a in archs) or hf.get("model_type") == "llama4":
-    raise ConfigError(f"config.json: architecture {archs or hf.get('model_type')} (vision + text) is not supported "
-                      "yet; only Llama4ForCausalLM text checkpoints can be loaded")
+  if is_multimodal(hf):
+    text = hf.get("text_config")
+    if not isinstance(text, dict):
+      raise ConfigError("config.json: a Llama4ForConditionalGeneration config needs a 'text_config' object")
+    vision_overrides = overrides.pop("vision_overrides", {})
+    cfg = config_from_hf({**text, "architectures": list(TEXT_ARCHITECTURES)}, **overrides)
+    return cfg.replace(vision=vision_from_hf(hf, **vision_overrides))
+  overrides.pop("vision_overrides", None)
   if archs and not any(a in TEXT_ARCHITECTURES for a in archs):
-    raise ConfigError(f"config.json: unsupported architecture {archs}; expected one of {TEXT_ARCHITECTURES}")
+    raise ConfigError(f"config.json: unsupported architecture {archs}; expected one of "
+                      f"{TEXT_ARCHITECTURES + VISION_ARCHITECTURES}")
   if hf.get("model_type", "llama4_text") != "llama4_text":
     raise ConfigError(f"config.json: model_type {hf.get('model_type')!r} is not 'llama4_text'")
   try:
@@ -99,7 +141,26 @@ def config_from_hf(hf: dict, **overrides: Any) -> ModelConfig:
 
 
 def config_to_hf(cfg: ModelConfig, torch_dtype: str = "float32") -> dict:
-  """A transformers v5 Llama4TextConfig dict that `from_pretrained` reads back to the same model."""
+  """A transformers v5 config dict that `from_pretrained` reads back to the same model: Llama4TextConfig, or
+  Llama4Config (text_config + vision_config) when the model has a vision tower."""
+  text = _text_config_to_hf(cfg, torch_dtype)
+  if cfg.vision is None:
+    return text
+  v = cfg.vision
+  vision = {name: getattr(v, name) for name in _VISION_FIELDS}
+  vision.update(model_type="llama4_vision_model", hidden_act="gelu", multi_modal_projector_bias=False,
+                vision_feature_select_strategy="default", rope_parameters={"rope_type": "default",
+                                                                            "rope_theta": v.rope_theta})
+  text = {k: val for k, val in text.items() if k != "architectures"}
+  specials = {k: text.get(k) for k in ("bos_token_id", "eos_token_id", "pad_token_id")}
+  return {"architectures": list(VISION_ARCHITECTURES), "model_type": "llama4", "dtype": torch_dtype,
+          "text_config": text, "vision_config": vision, "image_token_index": v.image_token_id,
+          # <|image_start|> / <|image_end|> sit 12 and 11 slots before <|patch|> in Llama 4's special-token block.
+          "boi_token_index": v.image_token_id - 12, "eoi_token_index": v.image_token_id - 11,
+          "tie_word_embeddings": False, **specials}
+
+
+def _text_config_to_hf(cfg: ModelConfig, torch_dtype: str) -> dict:
   layers = range(cfg.num_hidden_layers)
   rope = {"rope_type": "default", "rope_theta": cfg.rope_theta}
   if cfg.rope_scaling is not None:

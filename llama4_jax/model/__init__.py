@@ -7,6 +7,7 @@ import functools
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from llama4_jax.config import ModelConfig
 from llama4_jax.model.transformer import Transformer
@@ -36,26 +37,60 @@ def param_logical_axes(cfg: ModelConfig):
 
 
 def apply(cfg: ModelConfig, params, tokens_BL, positions_BL=None, segment_ids_BL=None, embeddings_BLD=None,
-          parallel=None):
+          parallel=None, pixels_BNCHW=None):
   """(logits_BLV float32, aux) with aux['moe'] = per-layer router statistics stacked over blocks.
 
   `parallel` (llama4_jax.sharding.Parallel) runs the model sharded over its mesh: activation constraints at block
   boundaries and expert parallelism for the routed experts. Call it under `jax.jit` with sharded inputs.
+  `pixels_BNCHW`: each row's image tiles in order (see `images_for_rows`), for a model with a vision tower.
   """
-  return Transformer(cfg, parallel).apply({"params": params}, tokens_BL, positions_BL, segment_ids_BL, embeddings_BLD)
+  return Transformer(cfg, parallel).apply({"params": params}, tokens_BL, positions_BL, segment_ids_BL, embeddings_BLD,
+                                          pixels_BNCHW)
+
+
+def images_for_rows(cfg: ModelConfig, tokens_BL, pixel_values_NCHW, tiles_per_row: int | None = None) -> np.ndarray:
+  """Hugging Face's flat `pixel_values` [tiles, C, S, S] (tiles of every image of the batch, in order) -> per-row
+  tiles [B, N, C, S, S] (zero tiles pad rows with fewer images), checking that every row's `<|patch|>` count is
+  exactly what its tiles produce. Runs on the host, before anything is compiled."""
+  v = cfg.vision
+  if v is None:
+    raise ValueError("pixel_values given but the model has no vision tower (model.vision is disabled)")
+  pixels = np.asarray(pixel_values_NCHW, np.float32)
+  shape = (v.num_channels, v.image_size, v.image_size)
+  if pixels.ndim != 4 or pixels.shape[1:] != shape:
+    raise ValueError(f"pixel_values must be [tiles, {', '.join(map(str, shape))}], got shape {pixels.shape}")
+  counts = (np.asarray(tokens_BL) == v.image_token_id).sum(axis=1)
+  per_tile = v.tokens_per_tile
+  if counts.sum() != pixels.shape[0] * per_tile:
+    raise ValueError(f"the prompts hold {int(counts.sum())} image tokens (id {v.image_token_id}) but pixel_values "
+                     f"give {pixels.shape[0]} tiles x {per_tile} = {pixels.shape[0] * per_tile} image features")
+  if np.any(counts % per_tile):
+    row = int(np.argmax(counts % per_tile))
+    raise ValueError(f"row {row} holds {int(counts[row])} image tokens, not a whole number of {per_tile}-token tiles")
+  tiles = counts // per_tile
+  n = max(int(tiles.max()), 1) if tiles_per_row is None else tiles_per_row
+  if tiles.max() > n:
+    raise ValueError(f"a row needs {int(tiles.max())} tiles but tiles_per_row={n}")
+  out = np.zeros((len(tiles), n) + shape, np.float32)
+  starts = np.concatenate([[0], np.cumsum(tiles)])
+  for b, t in enumerate(tiles):
+    out[b, :t] = pixels[starts[b]:starts[b] + t]
+  return out
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _forward_jit(cfg, params, tokens_BL, positions_BL, segment_ids_BL):
-  return apply(cfg, params, tokens_BL, positions_BL, segment_ids_BL)[0]
+def _forward_jit(cfg, params, tokens_BL, positions_BL, segment_ids_BL, pixels_BNCHW):
+  return apply(cfg, params, tokens_BL, positions_BL, segment_ids_BL, pixels_BNCHW=pixels_BNCHW)[0]
 
 
-def forward(cfg: ModelConfig, params, tokens_BL, positions_BL=None, segment_ids_BL=None):
+def forward(cfg: ModelConfig, params, tokens_BL, positions_BL=None, segment_ids_BL=None, pixel_values=None):
   """Plain inference entry: logits [B, L, V] in float32.
 
   `positions_BL` (position of each token inside its document) and `segment_ids_BL` (document id, 0 = padding) make
   packed rows: documents never attend to each other and positions restart per document. Without `positions_BL`
-  they are derived from the segment ids (0, 1, ... from each document's first slot).
+  they are derived from the segment ids (0, 1, ... from each document's first slot). `pixel_values` are Hugging
+  Face's flat tiles [tiles, C, S, S] (from `llama4_jax.data.image.preprocess_image`), matched in order to the
+  `<|patch|>` tokens of the batch; a count mismatch is an error naming both counts.
   """
   tokens_BL = jnp.asarray(tokens_BL, jnp.int32)
   if tokens_BL.ndim != 2:
@@ -64,4 +99,11 @@ def forward(cfg: ModelConfig, params, tokens_BL, positions_BL=None, segment_ids_
     positions_BL = jnp.asarray(positions_BL, jnp.int32)
   if segment_ids_BL is not None:
     segment_ids_BL = jnp.asarray(segment_ids_BL, jnp.int32)
-  return _forward_jit(cfg, params, tokens_BL, positions_BL, segment_ids_BL)
+  pixels = None
+  if pixel_values is not None:
+    pixels = jnp.asarray(images_for_rows(cfg, np.asarray(tokens_BL), pixel_values))
+  elif cfg.vision is not None and np.any(np.asarray(tokens_BL) == cfg.vision.image_token_id):
+    count = int(np.sum(np.asarray(tokens_BL) == cfg.vision.image_token_id))
+    raise ValueError(f"the prompts hold {count} image tokens (id {cfg.vision.image_token_id}) but no pixel_values "
+                     "were given (0 image features)")
+  return _forward_jit(cfg, params, tokens_BL, positions_BL, segment_ids_BL, pixels)

@@ -20,6 +20,7 @@ from llama4_jax.model.attention import Attention
 from llama4_jax.model.layers import MLP, RMSNorm, declare, dtype_of
 from llama4_jax.model.moe import MoE
 from llama4_jax.model.rope import inverse_frequencies, rope_cos_sin
+from llama4_jax.model.vision import VisionEncoder, merge_image_features
 from llama4_jax.ops.attention import self_attention_masks
 from llama4_jax.sharding import ACTIVATION_SPEC, BATCH_AXES, EMBED_TABLE_SPEC
 
@@ -76,13 +77,17 @@ class SuperBlock(nn.Module):
 
 
 class Transformer(nn.Module):
-  """tokens [B, L] -> (logits [B, L, V] float32, aux). aux['moe'] holds per-MoE-layer router statistics."""
+  """tokens [B, L] -> (logits [B, L, V] float32, aux). aux['moe'] holds per-MoE-layer router statistics.
+
+  With a vision tower (`cfg.vision`), `pixels_BNCHW` holds each row's image tiles in reading order (N tiles per row,
+  zero tiles as padding): their projected features replace the row's `<|patch|>` embeddings in order.
+  """
 
   cfg: ModelConfig
   parallel: Any = None  # llama4_jax.sharding.Parallel: mesh + expert-parallel transport; None on one device
 
   @nn.compact
-  def __call__(self, tokens_BL, positions_BL=None, segment_ids_BL=None, embeddings_BLD=None):
+  def __call__(self, tokens_BL, positions_BL=None, segment_ids_BL=None, embeddings_BLD=None, pixels_BNCHW=None):
     cfg = self.cfg
     block = SuperBlock
     if cfg.remat_policy != "none":
@@ -102,6 +107,8 @@ class Transformer(nn.Module):
       embed = self.parallel.constrain(embed, EMBED_TABLE_SPEC)
       tokens_BL = self.parallel.constrain(tokens_BL, P(BATCH_AXES, None))
     x_BLD = jnp.take(embed, tokens_BL, axis=0).astype(dt) if embeddings_BLD is None else embeddings_BLD.astype(dt)
+    if cfg.vision is not None:
+      x_BLD = self._fuse_images(x_BLD, tokens_BL, pixels_BNCHW)
     global_mask, chunked_mask = self_attention_masks(positions_BL, segment_ids_BL, cfg.attention_chunk_size)
     inv_freq = inverse_frequencies(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling)
     ctx = {"positions": positions_BL, "segment_ids": segment_ids_BL, "cos_sin": rope_cos_sin(positions_BL, inv_freq),
@@ -111,3 +118,17 @@ class Transformer(nn.Module):
     head = declare(self, "lm_head", (cfg.hidden_size, cfg.vocab_size), ("embed", "vocab"), cfg)
     logits_BLV = jnp.einsum("bld,dv->blv", x_BLD, head.astype(dt), preferred_element_type=jnp.float32)
     return logits_BLV, {"moe": stats}
+
+  def _fuse_images(self, x_BLD, tokens_BL, pixels_BNCHW):
+    """Early fusion of image features into the token embeddings (a no-op for text-only calls)."""
+    v = self.cfg.vision
+    if pixels_BNCHW is None:
+      if not self.is_initializing():
+        return x_BLD
+      pixels_BNCHW = jnp.zeros((1, 1, v.num_channels, v.image_size, v.image_size), jnp.float32)
+    b, n = pixels_BNCHW.shape[:2]
+    feats = VisionEncoder(self.cfg, name="vision")(pixels_BNCHW.reshape(b * n, *pixels_BNCHW.shape[2:]))
+    feats_BMD = feats.reshape(b, n * feats.shape[1], feats.shape[2])
+    if self.is_initializing():
+      return x_BLD
+    return merge_image_features(x_BLD, tokens_BL, feats_BMD, v.image_token_id)

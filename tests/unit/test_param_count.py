@@ -6,7 +6,8 @@ import time
 import pytest
 
 from configs import models
-from llama4_jax.config import from_config_dict
+from configs import base
+from llama4_jax.config import from_config_dict, model_config
 from llama4_jax.param_count import count
 
 
@@ -25,6 +26,10 @@ def test_scout():
   assert c["total"] == 108_641_793_536
   assert c["text_total"] == 107_769_861_120
   assert c["vision_total"] == 871_932_416  # spec 5.1: 0.872B vision tower + projector
+  # The model's declared vision parameters agree with the closed form from Hugging Face's module shapes.
+  from llama4_jax.param_count import vision_param_count
+  cfg = model_config(base.get_config("scout"))
+  assert vision_param_count(cfg.vision, cfg.hidden_size) == c["vision_total"]
   assert c["active_text"] == 17_172_894_720
 
 
