@@ -20,6 +20,7 @@ INSTALL_REQUIRES = [
     "regex>=2024.1",
     "tensorboardX>=2.6,<3",
     "importlib_resources>=6",  # tensorflow-datasets builders import it without declaring it
+    "pillow>=12,<14",  # image loading and resizing (llama4_jax/data/image.py)
 ]
 
 EXTRAS = {

@@ -16,7 +16,10 @@ def data_config():
       tfds_name="", tfds_data_dir="", tfds_text_key="text",  # a prepared local TFDS text dataset instead
       tokenizer_path="",  # '' = the embedded tiny tokenizer; or a Llama 4 tokenizer.model
       num_reserved_special_tokens=256,  # 2048 for the real Llama 4 tokenizer
-      seq_len=128, batch_size=8, eval_batches=8, max_documents=0))
+      seq_len=128, batch_size=8, eval_batches=8, max_documents=0,
+      # Vision models: rows of each batch taken from the embedded image-text set (the modality mix; override it per
+      # stage for a curriculum), image tile slots per packed row, and the set's size.
+      image_fraction=0.0, tiles_per_row=8, image_train_examples=4000, image_eval_examples=96))
 
 
 def optim_config():

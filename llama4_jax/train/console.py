@@ -54,5 +54,10 @@ def summary(rows: list[dict], workdir: str) -> str:
                  f"{r.get('last_loss', float('nan')):>11.4f}{r.get('eval_loss', float('nan')):>11.4f}"
                  f"{r.get('eval_perplexity', float('nan')):>10.2f}{r.get('tokens', 0):>12,}"
                  f"{r.get('tokens_per_s', 0.0):>9,.0f}{_duration(r.get('seconds', 0.0)):>10}{r.get('skipped', 0):>9}")
+  image_rows = [r for r in rows if "eval_image_answer_loss" in r]
+  if image_rows:  # vision models: does the model read the image? (held-out questions, answer tokens only)
+    lines += ["-" * len(head), "held-out image questions, answer loss:   with the image   with a blank image"]
+    lines += [f"  {r['stage']:<38}{r['eval_image_answer_loss']:>15.4f}{r['eval_blank_image_answer_loss']:>20.4f}"
+              for r in image_rows]
   lines += ["-" * len(head), f"workdir: {workdir}  (metrics.jsonl, tensorboard/, checkpoints/)", "=" * len(head)]
   return "\n".join(lines)

@@ -138,6 +138,15 @@ def _evaluate(eval_fn, params, batches) -> dict:
   return {"eval_loss": loss, "eval_perplexity": math.exp(min(loss, 50.0)), "eval_tokens": int(tokens)}
 
 
+def _evaluate_all(eval_fn, params, sets: dict) -> dict:
+  """`eval_loss`, `eval_perplexity`, `eval_tokens` on the text set; `<name>_loss` on every other set."""
+  out = _evaluate(eval_fn, params, sets["eval"])
+  for name, batches in sets.items():
+    if name != "eval":
+      out[f"{name}_loss"] = _evaluate(eval_fn, params, batches)["eval_loss"]
+  return out
+
+
 def _global_batch(batch_sh, batch_size: int, local: dict) -> dict:
   """This process's rows -> global arrays split over the mesh's batch axes."""
   return {k: jax.make_array_from_process_local_data(batch_sh, v, (batch_size,) + v.shape[1:])
@@ -165,7 +174,7 @@ def run_stage(name: str, cfg: ConfigDict, workdir: str, carried, offset: int, wr
   ckpt = Checkpointer(os.path.join(workdir, "checkpoints", name), tcfg.keep_checkpoints, tcfg.keep_period,
                       tcfg.async_checkpoint)
   record = {"stage": name, "complete": False, "seed": cfg.seed}
-  train_it = iter(train_data.train_batches(cfg.data, docs["train"], cfg.seed))
+  train_it = iter(train_data.train_batches(cfg.data, docs["train"], cfg.seed, model_cfg))
   # Restores onto this run's mesh, whatever mesh wrote the checkpoint.
   restored = ckpt.restore_latest(sharding.with_shardings(abstract, state_sh))
   step = 0
@@ -182,7 +191,12 @@ def run_stage(name: str, cfg: ConfigDict, workdir: str, carried, offset: int, wr
   eval_fn = jax.jit(functools.partial(eval_step, model_cfg=model_cfg, parallel=parallel),
                     in_shardings=(param_sh, batch_sh))
   to_global = functools.partial(_global_batch, batch_sh, cfg.data.batch_size)
-  eval_set = [to_global(b) for b in train_data.eval_batches(cfg.data, docs["eval"])]
+  eval_sets = {"eval": [to_global(b) for b in train_data.eval_batches(cfg.data, docs["eval"], model_cfg)]}
+  if model_cfg.vision is not None:  # held-out image questions: answer loss with the images and with blank ones
+    eval_sets["eval_image_answer"] = [to_global(b) for b in train_data.image_eval_batches(cfg.data, model_cfg)]
+    eval_sets["eval_blank_image_answer"] = [to_global(b) for b in
+                                            train_data.image_eval_batches(cfg.data, model_cfg, blank=True)]
+  evaluate = lambda params: _evaluate_all(eval_fn, params, eval_sets)  # noqa: E731
   progress = Progress(name, step, tcfg.steps, enabled=tcfg.progress and jax.process_index() == 0)
   row = {"stage": name, "steps": tcfg.steps, "tokens": 0, "seconds": 0.0, "skipped": 0}
   base_key, t_log, tok_log, t_start = jax.random.key(cfg.seed), time.perf_counter(), 0.0, time.perf_counter()
@@ -210,7 +224,7 @@ def run_stage(name: str, cfg: ConfigDict, workdir: str, carried, offset: int, wr
       raise NonFiniteError(f"stage {name}: {in_a_row} consecutive updates had a non-finite loss or gradient "
                            f"(step {step}); stopping. The last checkpoint holds the state before them.")
     if tcfg.eval_every and step % tcfg.eval_every == 0 and step < tcfg.steps:
-      writer.write(offset + step, {"stage": name, **_evaluate(eval_fn, state.params, eval_set)})
+      writer.write(offset + step, {"stage": name, **evaluate(state.params)})
     if step == tcfg.steps:
       break
     if step % tcfg.checkpoint_every == 0 or stop["flag"]:
@@ -220,8 +234,9 @@ def run_stage(name: str, cfg: ConfigDict, workdir: str, carried, offset: int, wr
       progress.close()
       raise Preempted(f"SIGTERM: saved stage {name} at step {step} in {ckpt.directory}; rerun to resume")
   progress.close()
-  row.update(_evaluate(eval_fn, state.params, eval_set))
-  writer.write(offset + step, {"stage": name, **{k: row[k] for k in ("eval_loss", "eval_perplexity")}})
+  row.update(evaluate(state.params))
+  writer.write(offset + step, {"stage": name, **{k: v for k, v in row.items() if k.startswith("eval_")
+                                                 and not k.endswith("_tokens")}})
   row["seconds"] = time.perf_counter() - t_start
   row["tokens_per_s"] = row["tokens"] / max(row["seconds"], 1e-9)
   row["skipped"] = int(state.nonfinite_total)

@@ -1,6 +1,7 @@
 """Pure train and eval steps: `train_step(state, batch, rng) -> (state, metrics)`.
 
-A batch is a dict of int32 [B, L] arrays: inputs, targets, positions, segment_ids, loss_mask. With gradient
+A batch is a dict of int32 [B, L] arrays: inputs, targets, positions, segment_ids, loss_mask (and, for a vision
+model, float32 `pixels` [B, N, C, S, S]: each row's image tiles in order). With gradient
 accumulation the batch is split into `micro_batches` equal slices whose summed-token gradients are added in a scan,
 so the update equals the large-batch one (the balancing loss, a per-batch statistic, is averaged over slices).
 """
@@ -76,7 +77,7 @@ def balance_loss(moe_stats) -> jax.Array:
 def sums(params, batch, model_cfg: ModelConfig, z_loss: float, balance_coef: float, parallel=None):
   """Token-summed objective pieces of one (micro-)batch; the caller divides by the token count."""
   logits, aux = apply(model_cfg, params, batch["inputs"], batch["positions"], batch["segment_ids"],
-                      parallel=parallel)
+                      parallel=parallel, pixels_BNCHW=batch.get("pixels"))
   ce_BL, logz_BL = token_losses(logits, batch["targets"])
   w_BL = batch["loss_mask"].astype(jnp.float32)
   ntok = jnp.sum(w_BL)

@@ -85,3 +85,20 @@ def test_text_only_call_of_a_vision_model_equals_the_text_model():
   with_tower = apply(cfg, params, tokens)[0]
   without = apply(cfg.replace(vision=None), text_params, tokens)[0]
   np.testing.assert_array_equal(np.asarray(with_tower), np.asarray(without))
+
+
+def test_gradients_reach_the_vision_tower_only_through_image_rows():
+  from configs import default_vl
+  from llama4_jax.train import data as train_data
+  from llama4_jax.train.step import LossConfig, loss_and_grads
+  config = default_vl.get_config("smoke")
+  cfg = model_config(config)
+  params = init_params(cfg, jax.random.key(0))
+  docs = train_data.documents(config.data, cfg)
+  batch = next(train_data.MixedBatches(config.data, cfg, docs["train"], seed=0))  # half image rows
+  grad_fn = jax.jit(lambda p, b: loss_and_grads(p, b, cfg, LossConfig(1, 0.0, 0.0))[2]["vision"])
+  grads = grad_fn(params, batch)
+  assert all(float(np.abs(g).max()) > 0 for g in jax.tree_util.tree_leaves(grads))
+  text_only = {k: v[2:] for k, v in batch.items()}  # the text rows (zero tiles, no <|patch|> tokens)
+  grads = grad_fn(params, text_only)
+  assert all(float(np.abs(g).max()) == 0 for g in jax.tree_util.tree_leaves(grads))
