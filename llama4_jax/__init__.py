@@ -5,7 +5,7 @@ from llama4_jax.model import apply, forward, init_params, param_logical_axes, pa
 
 __all__ = [
     "ConfigError", "ModelConfig", "RopeScaling", "VisionConfig", "from_config_dict", "apply", "forward",
-    "init_params", "param_logical_axes", "param_shapes", "load_hf", "save_hf",
+    "init_params", "param_logical_axes", "param_shapes", "load_hf", "save_hf", "generate", "Sampling",
 ]
 
 
@@ -14,4 +14,9 @@ def __getattr__(name):
   if name in ("load_hf", "save_hf"):
     from llama4_jax.convert import hf
     return getattr(hf, name)
+  if name in ("generate", "Sampling"):
+    # Importing the submodule `llama4_jax.generate` binds the module to this name; rebind the function over it.
+    from llama4_jax.generate import Sampling, generate
+    globals().update(generate=generate, Sampling=Sampling)
+    return globals()[name]
   raise AttributeError(name)

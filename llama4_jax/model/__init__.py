@@ -107,3 +107,45 @@ def forward(cfg: ModelConfig, params, tokens_BL, positions_BL=None, segment_ids_
     raise ValueError(f"the prompts hold {count} image tokens (id {cfg.vision.image_token_id}) but no pixel_values "
                      "were given (0 image features)")
   return _forward_jit(cfg, params, tokens_BL, positions_BL, segment_ids_BL, pixels)
+
+
+def cache_layout(cfg: ModelConfig, max_len: int) -> dict[str, int]:
+  """Slots per super-block layer: the chunk for chunked (RoPE) layers, `max_len` for global layers."""
+  chunk = cfg.attention_chunk_size
+  return {f"layer_{j}": (chunk if cfg.is_rope_layer(j) and chunk is not None else max_len)
+          for j in range(cfg.block_size)}
+
+
+def init_cache(cfg: ModelConfig, batch: int, max_len: int, dtype=None) -> dict:
+  """Empty KV cache for `batch` rows of up to `max_len` tokens (ops/kv_cache.py describes the layout).
+
+  Per super-block layer j: k and v [num_blocks, B, slots_j, G, K] in the compute dtype; `length` [B] tokens cached
+  per row; `ring_pos` [B, chunk] the position held by each ring slot (-1: empty), None without chunked attention.
+  """
+  dtype = jnp.dtype(dtype or cfg.dtype)
+  shape = lambda slots: (cfg.num_blocks, batch, slots, cfg.num_key_value_heads, cfg.head_dim)  # noqa: E731
+  layers = {name: {"k": jnp.zeros(shape(slots), dtype), "v": jnp.zeros(shape(slots), dtype)}
+            for name, slots in cache_layout(cfg, max_len).items()}
+  chunk = cfg.attention_chunk_size
+  ring = None if chunk is None else jnp.full((batch, chunk), -1, jnp.int32)
+  return {"layers": layers, "length": jnp.zeros((batch,), jnp.int32), "ring_pos": ring}
+
+
+def decode_block(cfg: ModelConfig, params, tokens_BT, kv_cache, valid_BT=None, embeddings_BTD=None):
+  """One generation block (a prompt piece or one new token per row) through the cache: (logits [B, T, V], cache).
+
+  A block must not cross a chunk boundary of the chunked layers (their ring holds one chunk): prefill in pieces
+  that divide `attention_chunk_size`, starting at chunk-aligned lengths.
+  """
+  chunk = cfg.attention_chunk_size
+  if chunk is not None and tokens_BT.shape[1] > chunk:
+    raise ValueError(f"{tokens_BT.shape[1]} tokens cross a chunk boundary (chunk {chunk}): feed pieces of at most "
+                     "model.attention_chunk_size tokens")
+  logits, _, kv_cache = Transformer(cfg).apply({"params": params}, tokens_BT, embeddings_BLD=embeddings_BTD,
+                                               kv_cache=kv_cache, valid_BL=valid_BT)
+  return logits, kv_cache
+
+
+def embed_prompt(cfg: ModelConfig, params, tokens_BL, pixels_BNCHW=None):
+  """Token embeddings of prompts with image features fused in at their `<|patch|>` tokens: [B, L, D]."""
+  return Transformer(cfg).apply({"params": params}, tokens_BL, pixels_BNCHW=pixels_BNCHW, embeddings_only=True)

@@ -13,6 +13,7 @@ from jax.sharding import PartitionSpec as P
 from llama4_jax.config import ModelConfig
 from llama4_jax.model.layers import declare, rms_normalize
 from llama4_jax.model.rope import apply_rope
+from llama4_jax.ops import kv_cache as kv_cache_ops
 from llama4_jax.ops.attention import (chunked_self_attention, dot_product_attention, pallas_self_attention,
                                       temperature_scale)
 from llama4_jax.sharding import BATCH_AXES
@@ -24,7 +25,9 @@ class Attention(nn.Module):
   parallel: Any = None  # sharding.Parallel; the Pallas kernel then runs per shard (batch x heads) in a shard_map
 
   @nn.compact
-  def __call__(self, x_BLD, positions_BL, segment_ids_BL, cos_sin, mask_BLL):
+  def __call__(self, x_BLD, positions_BL, segment_ids_BL, cos_sin, mask_BLL, kv_cache=None, meta=None):
+    """Self-attention over the row; with `kv_cache` (generation), over the cache after writing this block into it
+    (`meta`: ops.kv_cache.block_meta), returning (output, new cache)."""
     cfg = self.cfg
     d, h, g, k = cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
     dt = x_BLD.dtype
@@ -45,6 +48,12 @@ class Attention(nn.Module):
       scale_BL = temperature_scale(positions_BL, cfg.floor_scale, cfg.attn_scale)
       q_BLHK = (q_BLHK.astype(jnp.float32) * scale_BL[:, :, None, None]).astype(dt)
     chunk = cfg.attention_chunk_size
+    if kv_cache is not None:
+      ring = self.use_rope and chunk is not None
+      new_cache, mask = kv_cache_ops.update_layer(kv_cache, k_BLGK, v_BLGK, meta, ring, chunk)
+      out_BLHK = dot_product_attention(q_BLHK, new_cache["k"].astype(dt), new_cache["v"].astype(dt), mask,
+                                       scale=k ** -0.5)
+      return jnp.einsum("blhk,hkd->bld", out_BLHK, wo), new_cache
     if cfg.attention_impl == "pallas":
       kernel = functools.partial(pallas_self_attention, chunk_size=chunk if self.use_rope else None,
                                  scale=k ** -0.5, interpret=cfg.kernel_interpret)

@@ -21,6 +21,7 @@ from llama4_jax.model.layers import MLP, RMSNorm, declare, dtype_of
 from llama4_jax.model.moe import MoE
 from llama4_jax.model.rope import inverse_frequencies, rope_cos_sin
 from llama4_jax.model.vision import VisionEncoder, merge_image_features
+from llama4_jax.ops import kv_cache as kv_cache_ops
 from llama4_jax.ops.attention import self_attention_masks
 from llama4_jax.sharding import ACTIVATION_SPEC, BATCH_AXES, EMBED_TABLE_SPEC
 
@@ -45,19 +46,22 @@ class DecoderLayer(nn.Module):
   parallel: Any = None  # llama4_jax.sharding.Parallel for a sharded run, None on one device
 
   @nn.compact
-  def __call__(self, x_BLD, ctx):
+  def __call__(self, x_BLD, ctx, kv_cache=None):
     cfg = self.cfg
     use_rope = cfg.is_rope_layer(self.index)
-    mask = ctx["chunked_mask"] if use_rope else ctx["global_mask"]
+    mask = ctx.get("chunked_mask" if use_rope else "global_mask")
     h = RMSNorm(cfg, name="attn_norm")(x_BLD)
-    x_BLD = x_BLD + Attention(cfg, use_rope, self.parallel, name="attn")(h, ctx["positions"], ctx["segment_ids"], ctx["cos_sin"],
-                                                        mask)
+    attn = Attention(cfg, use_rope, self.parallel, name="attn")(h, ctx["positions"], ctx["segment_ids"],
+                                                                ctx["cos_sin"], mask, kv_cache, ctx.get("meta"))
+    if kv_cache is not None:
+      attn, kv_cache = attn
+    x_BLD = x_BLD + attn
     h = RMSNorm(cfg, name="ffn_norm")(x_BLD)
     if cfg.is_moe_layer(self.index):
       out, stats = MoE(cfg, self.parallel, name="moe")(h, ctx["segment_ids"] != 0)
     else:
       out, stats = MLP(cfg, cfg.intermediate_size_mlp, name="mlp")(h), None
-    return x_BLD + out, stats
+    return x_BLD + out, stats, kv_cache
 
 
 class SuperBlock(nn.Module):
@@ -65,15 +69,19 @@ class SuperBlock(nn.Module):
   parallel: Any = None
 
   @nn.compact
-  def __call__(self, x_BLD, ctx):
-    stats = {}
+  def __call__(self, x_BLD, ctx, kv_cache=None):
+    """(x, stats); with `kv_cache` ({layer_j: {k, v}} of this block), (x, (stats, new kv_cache))."""
+    stats, new_cache = {}, {}
     if self.parallel is not None:  # activations between blocks: batch split over the batch axes
       x_BLD = self.parallel.constrain(x_BLD, ACTIVATION_SPEC)
     for j in range(self.cfg.block_size):
-      x_BLD, layer_stats = DecoderLayer(self.cfg, j, self.parallel, name=f"layer_{j}")(x_BLD, ctx)
+      layer_cache = None if kv_cache is None else kv_cache[f"layer_{j}"]
+      x_BLD, layer_stats, layer_cache = DecoderLayer(self.cfg, j, self.parallel, name=f"layer_{j}")(
+          x_BLD, ctx, layer_cache)
       if layer_stats is not None:
         stats[f"layer_{j}"] = layer_stats
-    return x_BLD, stats
+      new_cache[f"layer_{j}"] = layer_cache
+    return (x_BLD, stats) if kv_cache is None else (x_BLD, (stats, new_cache))
 
 
 class Transformer(nn.Module):
@@ -87,16 +95,27 @@ class Transformer(nn.Module):
   parallel: Any = None  # llama4_jax.sharding.Parallel: mesh + expert-parallel transport; None on one device
 
   @nn.compact
-  def __call__(self, tokens_BL, positions_BL=None, segment_ids_BL=None, embeddings_BLD=None, pixels_BNCHW=None):
+  def __call__(self, tokens_BL, positions_BL=None, segment_ids_BL=None, embeddings_BLD=None, pixels_BNCHW=None,
+               kv_cache=None, valid_BL=None, embeddings_only=False):
+    """Training / scoring call, or with `kv_cache` (see `llama4_jax.model.init_cache`) a generation block: the
+    tokens continue each row from its cached length (`valid_BL` marks real tokens; padding is not cached) and the
+    call returns (logits, aux, new kv_cache). `embeddings_only`: return the input embeddings (images fused)."""
     cfg = self.cfg
     block = SuperBlock
-    if cfg.remat_policy != "none":
+    if cfg.remat_policy != "none" and kv_cache is None:
       block = nn.remat(block, policy=REMAT_POLICIES[cfg.remat_policy], prevent_cse=False)
     blocks = nn.scan(
-        block, variable_axes={"params": 0}, split_rngs={"params": True}, in_axes=nn.broadcast,
+        block, variable_axes={"params": 0}, split_rngs={"params": True},
+        in_axes=nn.broadcast if kv_cache is None else (nn.broadcast, 0),
         length=cfg.num_blocks, unroll=cfg.scan_unroll, metadata_params={nn.PARTITION_NAME: "layers"})(
             cfg, self.parallel, name="blocks")
     b, l = tokens_BL.shape
+    meta = None
+    if kv_cache is not None:
+      valid_BL = jnp.ones((b, l), bool) if valid_BL is None else valid_BL
+      meta = kv_cache_ops.block_meta(kv_cache["length"], valid_BL, kv_cache.get("ring_pos"),
+                                     cfg.attention_chunk_size)
+      positions_BL, segment_ids_BL = meta["positions"], valid_BL.astype(jnp.int32)
     if segment_ids_BL is None:
       segment_ids_BL = jnp.ones((b, l), jnp.int32)
     if positions_BL is None:
@@ -109,14 +128,23 @@ class Transformer(nn.Module):
     x_BLD = jnp.take(embed, tokens_BL, axis=0).astype(dt) if embeddings_BLD is None else embeddings_BLD.astype(dt)
     if cfg.vision is not None:
       x_BLD = self._fuse_images(x_BLD, tokens_BL, pixels_BNCHW)
-    global_mask, chunked_mask = self_attention_masks(positions_BL, segment_ids_BL, cfg.attention_chunk_size)
+    if embeddings_only:
+      return x_BLD
     inv_freq = inverse_frequencies(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling)
-    ctx = {"positions": positions_BL, "segment_ids": segment_ids_BL, "cos_sin": rope_cos_sin(positions_BL, inv_freq),
-           "global_mask": global_mask, "chunked_mask": chunked_mask}
-    x_BLD, stats = blocks(x_BLD, ctx)
+    ctx = {"positions": positions_BL, "segment_ids": segment_ids_BL, "cos_sin": rope_cos_sin(positions_BL, inv_freq)}
+    if kv_cache is None:
+      ctx["global_mask"], ctx["chunked_mask"] = self_attention_masks(positions_BL, segment_ids_BL,
+                                                                     cfg.attention_chunk_size)
+      x_BLD, stats = blocks(x_BLD, ctx)
+    else:
+      ctx["meta"] = meta
+      x_BLD, (stats, layers) = blocks(x_BLD, ctx, kv_cache["layers"])
+      kv_cache = {"layers": layers, "length": meta["new_length"], "ring_pos": meta["ring_pos"]}
     x_BLD = RMSNorm(cfg, name="final_norm")(x_BLD)
     head = declare(self, "lm_head", (cfg.hidden_size, cfg.vocab_size), ("embed", "vocab"), cfg)
     logits_BLV = jnp.einsum("bld,dv->blv", x_BLD, head.astype(dt), preferred_element_type=jnp.float32)
+    if kv_cache is not None:
+      return logits_BLV, {"moe": stats}, kv_cache
     return logits_BLV, {"moe": stats}
 
   def _fuse_images(self, x_BLD, tokens_BL, pixels_BNCHW):

@@ -202,3 +202,13 @@ def test_run_stops_after_consecutive_nonfinite_updates(tmp_path):
     train_and_evaluate(config, str(tmp_path / "nan"))
   records = read_metrics(str(tmp_path / "nan"))
   assert [r["skipped"] for r in records if "skipped" in r] == [1.0, 1.0, 1.0]
+
+
+def test_generate_command_loads_the_training_workdir(reference_run):
+  from llama4_jax.generate import load_checkpoint
+  from tests.integration.test_generate_cli import run_generate
+  workdir, _ = reference_run
+  cfg, params, tok = load_checkpoint(workdir)  # the last stage's newest checkpoint
+  assert cfg.hidden_size == 64 and tok.vocab_size == cfg.vocab_size and params["embed"].shape == (4096, 64)
+  code, out, err = run_generate(f"--checkpoint={workdir}", "--prompt=The function", "--max_new_tokens=4")
+  assert code == 0, err
