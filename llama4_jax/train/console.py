@@ -52,7 +52,7 @@ def summary(rows: list[dict], workdir: str) -> str:
   for r in rows:
     lines.append(f"{r['stage']:<12}{r['steps']:>8}{r.get('first_loss', float('nan')):>12.4f}"
                  f"{r.get('last_loss', float('nan')):>11.4f}{r.get('eval_loss', float('nan')):>11.4f}"
-                 f"{r.get('eval_perplexity', float('nan')):>10.2f}{r.get('tokens', 0):>12,}"
+                 f" {r.get('eval_perplexity', float('nan')):>9.6g}{r.get('tokens', 0):>12,}"
                  f"{r.get('tokens_per_s', 0.0):>9,.0f}{_duration(r.get('seconds', 0.0)):>10}{r.get('skipped', 0):>9}")
   image_rows = [r for r in rows if "eval_image_answer_loss" in r]
   if image_rows:  # vision models: does the model read the image? (held-out questions, answer tokens only)

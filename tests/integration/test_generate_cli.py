@@ -45,8 +45,9 @@ def test_generate_command_streams_tokens_from_a_hugging_face_directory(hf_dir, t
 
 
 def test_generate_command_errors_name_the_problem(hf_dir, tmp_path):
-  code, _, err = run_generate(f"--checkpoint={tmp_path}", "--prompt=x")
-  assert code != 0 and "neither a training workdir" in err
+  from llama4_jax.generate import GenerationError, load_checkpoint
+  with pytest.raises(GenerationError, match="neither a training workdir"):
+    load_checkpoint(str(tmp_path))
   bad = tmp_path / "broken.png"
   bad.write_text("not an image")
   code, _, err = run_generate(f"--checkpoint={hf_dir}", "--prompt=x", f"--image={bad}")
