@@ -204,3 +204,18 @@ def test_cache_size_formula_matches_the_allocated_cache_and_scout_figures():
   assert (r["chunked_layers"], r["global_layers"]) == (36, 12)
   assert r["global_bytes_per_token"] == 12 * 2 * 8 * 128 * 2  # 49,152 B: K and V, 8 KV heads of 128, bf16
   assert r["chunked_bytes"] == 36 * 8192 * 2 * 8 * 128 * 2  # one 8192-token chunk per RoPE layer, whatever the context
+
+
+def test_prefill_memory_grows_linearly_with_the_prompt(params):
+  """A prefill piece attends over the cache: its scratch memory is piece x context, so doubling the context at most
+  doubles it (a full [L, L] attention would quadruple)."""
+  cfg = CFG.replace(max_position_embeddings=1 << 16)
+
+  def temp_bytes(context):
+    cache = jax.eval_shape(lambda: init_cache(cfg, 1, context))
+    tokens = jax.ShapeDtypeStruct((1, 8), jnp.int32)
+    compiled = block.lower(cfg, params, tokens, cache).compile()
+    return compiled.memory_analysis().temp_size_in_bytes
+
+  small, large = temp_bytes(4096), temp_bytes(8192)
+  assert large <= 2.2 * small, (small, large)
