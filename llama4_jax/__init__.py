@@ -2,6 +2,9 @@
 
 from llama4_jax.config import ConfigError, ModelConfig, RopeScaling, VisionConfig, from_config_dict
 from llama4_jax.model import apply, forward, init_params, param_logical_axes, param_shapes
+# Imported eagerly: importing the submodule binds `llama4_jax.generate` to the module, this line rebinds the function
+# (later imports of the submodule find it in sys.modules and leave the name alone).
+from llama4_jax.generate import Sampling, generate
 
 __all__ = [
     "ConfigError", "ModelConfig", "RopeScaling", "VisionConfig", "from_config_dict", "apply", "forward",
@@ -14,9 +17,4 @@ def __getattr__(name):
   if name in ("load_hf", "save_hf"):
     from llama4_jax.convert import hf
     return getattr(hf, name)
-  if name in ("generate", "Sampling"):
-    # Importing the submodule `llama4_jax.generate` binds the module to this name; rebind the function over it.
-    from llama4_jax.generate import Sampling, generate
-    globals().update(generate=generate, Sampling=Sampling)
-    return globals()[name]
   raise AttributeError(name)

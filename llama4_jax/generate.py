@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from llama4_jax.config import ModelConfig, model_config
-from llama4_jax.model import decode_block, embed_prompt, init_cache
+from llama4_jax.model import decode_block, embed_prompt, init_cache, unstack_cache, unstack_params
 from llama4_jax.sampling import Sampling, sample
 
 DEFAULT_PIECE = 512  # prefill piece without chunked attention
@@ -134,6 +134,9 @@ def piece_size(cfg: ModelConfig, prefill_piece: int | None) -> int:
 def _compiled(cfg: ModelConfig, sampling: Sampling, stops: tuple[int, ...], pad: int):
   """Jitted prefill piece, embedding and decode functions for one (config, sampling) pair."""
   stops_arr = jnp.asarray(stops if stops else (-1,), jnp.int32)
+  # One token per row per step: the CPU path's 128-row expert blocks would be nearly all padding, so decode steps
+  # use the exact dense expert computation instead (same math; prefill keeps the configured kernel).
+  decode_cfg = cfg.replace(moe_impl="dense") if cfg.moe_impl == "blocked" else cfg
 
   def step(params, state):
     """Samples each row's next token from its last logits, records it, and feeds it through the cache."""
@@ -142,7 +145,8 @@ def _compiled(cfg: ModelConfig, sampling: Sampling, stops: tuple[int, ...], pad:
     token = jnp.where(state["done"], pad, token)
     out = state["out"].at[:, state["t"]].set(token)
     done = state["done"] | jnp.isin(token, stops_arr)
-    logits, cache = decode_block(cfg, params, token[:, None], state["cache"], (~state["done"])[:, None])
+    logits, cache = decode_block(decode_cfg, params, token[:, None], state["cache"], (~state["done"])[:, None],
+                                 unstacked=True)
     return {"cache": cache, "logits": logits[:, 0], "out": out, "done": done, "t": state["t"] + 1,
             "key": state["key"]}
 
@@ -154,8 +158,9 @@ def _compiled(cfg: ModelConfig, sampling: Sampling, stops: tuple[int, ...], pad:
     return decode_block(cfg, params, tokens, cache, valid, emb)
 
   return {"prefill": jax.jit(prefill, donate_argnums=2), "step": jax.jit(step, donate_argnums=1),
-          "loop": jax.jit(loop, donate_argnums=1),
-          "embed": jax.jit(functools.partial(embed_prompt, cfg))}
+          "loop": jax.jit(loop, donate_argnums=1), "embed": jax.jit(functools.partial(embed_prompt, cfg)),
+          "unstack_params": jax.jit(functools.partial(unstack_params, cfg)),
+          "unstack_cache": jax.jit(functools.partial(unstack_cache, cfg))}
 
 
 def _start(cfg, params, prompts, max_new_tokens, sampling, images, tokenizer, prefill_piece):
@@ -184,10 +189,12 @@ def _start(cfg, params, prompts, max_new_tokens, sampling, images, tokenizer, pr
     here = (lengths - 1 >= s) & (lengths - 1 < s + piece)  # rows whose last prompt token is in this piece
     picked = logits[jnp.arange(len(prompts)), jnp.asarray(np.clip(lengths - 1 - s, 0, piece - 1))]
     last = picked if last is None else jnp.where(jnp.asarray(here)[:, None], picked, last)
-  state = {"cache": cache, "logits": last, "out": jnp.full((len(prompts), max_new_tokens), pad, jnp.int32),
+  # The decode loop reads per-super-block weights and caches (see Transformer.unstacked): split them once here.
+  params = fns["unstack_params"](params)
+  state = {"cache": fns["unstack_cache"](cache), "logits": last, "out": jnp.full((len(prompts), max_new_tokens), pad, jnp.int32),
            "done": jnp.zeros((len(prompts),), bool), "t": jnp.zeros((), jnp.int32),
            "key": jax.random.key(sampling.seed)}
-  return fns, state, stops
+  return fns, state, stops, params
 
 
 def _trim(row: np.ndarray, stops) -> list[int]:
@@ -204,7 +211,8 @@ def generate(config, params, prompts: Sequence[Sequence[int]], *, max_new_tokens
   images: optional, one list per prompt of image paths / PIL images / uint8 arrays, one per `<|image|>` in it.
   tokenizer: resolves stop-token names and gives the Llama 4 stop set (else the model's eos id).
   """
-  fns, state, stops = _start(config, params, prompts, max_new_tokens, sampling, images, tokenizer, prefill_piece)
+  fns, state, stops, params = _start(config, params, prompts, max_new_tokens, sampling, images, tokenizer,
+                                     prefill_piece)
   state = fns["loop"](params, state, jnp.asarray(max_new_tokens, jnp.int32))
   out = np.asarray(state["out"])
   return [_trim(row, stops) for row in out]
@@ -213,8 +221,8 @@ def generate(config, params, prompts: Sequence[Sequence[int]], *, max_new_tokens
 def stream(config, params, prompt: Sequence[int], *, max_new_tokens: int, sampling: Sampling = Sampling(),
            images: Sequence[Any] | None = None, tokenizer=None) -> Iterator[int]:
   """Yields one prompt's new tokens as they are produced (the same step function as `generate`)."""
-  fns, state, stops = _start(config, params, [prompt], max_new_tokens, sampling,
-                             None if images is None else [images], tokenizer, None)
+  fns, state, stops, params = _start(config, params, [prompt], max_new_tokens, sampling,
+                                     None if images is None else [images], tokenizer, None)
   for _ in range(max_new_tokens):
     state = fns["step"](params, state)
     token = int(state["out"][0, int(state["t"]) - 1])

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from llama4_jax.config import ModelConfig
-from llama4_jax.model.transformer import Transformer
+from llama4_jax.model.transformer import Transformer, unstack_blocks
 
 
 def _dummy_tokens():
@@ -131,9 +131,26 @@ def init_cache(cfg: ModelConfig, batch: int, max_len: int, dtype=None) -> dict:
   return {"layers": layers, "length": jnp.zeros((batch,), jnp.int32), "ring_pos": ring}
 
 
-def decode_block(cfg: ModelConfig, params, tokens_BT, kv_cache, valid_BT=None, embeddings_BTD=None):
+def unstack_params(cfg: ModelConfig, params):
+  """Params with the stacked super-blocks split into `block_{i}` entries (for `decode_block(..., unstacked=True)`)."""
+  return unstack_blocks(params, cfg.num_blocks)
+
+
+def unstack_cache(cfg: ModelConfig, kv_cache):
+  """A cache whose `layers` is a list of per-super-block caches (the unstacked decode path), and back."""
+  layers = kv_cache["layers"]
+  if isinstance(layers, list):
+    layers = jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *layers)
+  else:
+    layers = [jax.tree_util.tree_map(lambda x: x[i], layers) for i in range(cfg.num_blocks)]
+  return {**kv_cache, "layers": layers}
+
+
+def decode_block(cfg: ModelConfig, params, tokens_BT, kv_cache, valid_BT=None, embeddings_BTD=None,
+                 unstacked: bool = False):
   """One generation block (a prompt piece or one new token per row) through the cache: (logits [B, T, V], cache).
 
+  `unstacked`: params from `unstack_params` and a cache from `unstack_cache` (what compiled decode loops use).
   A block must not cross a chunk boundary of the chunked layers (their ring holds one chunk): prefill in pieces
   that divide `attention_chunk_size`, starting at chunk-aligned lengths.
   """
@@ -141,8 +158,8 @@ def decode_block(cfg: ModelConfig, params, tokens_BT, kv_cache, valid_BT=None, e
   if chunk is not None and tokens_BT.shape[1] > chunk:
     raise ValueError(f"{tokens_BT.shape[1]} tokens cross a chunk boundary (chunk {chunk}): feed pieces of at most "
                      "model.attention_chunk_size tokens")
-  logits, _, kv_cache = Transformer(cfg).apply({"params": params}, tokens_BT, embeddings_BLD=embeddings_BTD,
-                                               kv_cache=kv_cache, valid_BL=valid_BT)
+  logits, _, kv_cache = Transformer(cfg, unstacked=unstacked).apply(
+      {"params": params}, tokens_BT, embeddings_BLD=embeddings_BTD, kv_cache=kv_cache, valid_BL=valid_BT)
   return logits, kv_cache
 
 

@@ -8,6 +8,7 @@ i = block * block_size + j.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -84,6 +85,26 @@ class SuperBlock(nn.Module):
     return (x_BLD, stats) if kv_cache is None else (x_BLD, (stats, new_cache))
 
 
+def _run_unstacked(blocks, x_BLD, ctx, kv_cache=None):
+  """The scan's contract over a Python list of super-blocks; `kv_cache` is then a list of per-block caches."""
+  all_stats, caches = [], []
+  for i, block in enumerate(blocks):
+    out = block(x_BLD, ctx) if kv_cache is None else block(x_BLD, ctx, kv_cache[i])
+    x_BLD, stats = out if kv_cache is None else (out[0], out[1][0])
+    if kv_cache is not None:
+      caches.append(out[1][1])
+    all_stats.append(stats)
+  stats = jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *all_stats) if all_stats[0] else {}
+  return (x_BLD, stats) if kv_cache is None else (x_BLD, (stats, caches))
+
+
+def unstack_blocks(tree, num_blocks: int, key: str = "blocks"):
+  """{key: stacked [num_blocks, ...] subtree, ...} -> {block_0: ..., block_{n-1}: ..., ...} (params)."""
+  out = {k: v for k, v in tree.items() if k != key}
+  out.update({f"block_{i}": jax.tree_util.tree_map(lambda x: x[i], tree[key]) for i in range(num_blocks)})
+  return out
+
+
 class Transformer(nn.Module):
   """tokens [B, L] -> (logits [B, L, V] float32, aux). aux['moe'] holds per-MoE-layer router statistics.
 
@@ -93,6 +114,10 @@ class Transformer(nn.Module):
 
   cfg: ModelConfig
   parallel: Any = None  # llama4_jax.sharding.Parallel: mesh + expert-parallel transport; None on one device
+  # Generation loops: the super-blocks as separate modules `block_{i}` over per-block params and caches
+  # (`unstack_blocks`), so a compiled decode loop reads the weights in place instead of slicing the stacked ones on
+  # every step (XLA does not hoist those loop-invariant slices out of a while loop).
+  unstacked: bool = False
 
   @nn.compact
   def __call__(self, tokens_BL, positions_BL=None, segment_ids_BL=None, embeddings_BLD=None, pixels_BNCHW=None,
@@ -104,11 +129,15 @@ class Transformer(nn.Module):
     block = SuperBlock
     if cfg.remat_policy != "none" and kv_cache is None:
       block = nn.remat(block, policy=REMAT_POLICIES[cfg.remat_policy], prevent_cse=False)
-    blocks = nn.scan(
-        block, variable_axes={"params": 0}, split_rngs={"params": True},
-        in_axes=nn.broadcast if kv_cache is None else (nn.broadcast, 0),
-        length=cfg.num_blocks, unroll=cfg.scan_unroll, metadata_params={nn.PARTITION_NAME: "layers"})(
-            cfg, self.parallel, name="blocks")
+    if self.unstacked:
+      blocks = functools.partial(_run_unstacked, [block(cfg, self.parallel, name=f"block_{i}")
+                                                  for i in range(cfg.num_blocks)])
+    else:
+      blocks = nn.scan(
+          block, variable_axes={"params": 0}, split_rngs={"params": True},
+          in_axes=nn.broadcast if kv_cache is None else (nn.broadcast, 0),
+          length=cfg.num_blocks, unroll=cfg.scan_unroll, metadata_params={nn.PARTITION_NAME: "layers"})(
+              cfg, self.parallel, name="blocks")
     b, l = tokens_BL.shape
     meta = None
     if kv_cache is not None:

@@ -18,13 +18,18 @@ import jax.numpy as jnp
 
 
 def write_rows(cache_BSGK, new_BTGK, start_B, write_B=None):
-  """Per row, writes the T new entries at slots start_b .. start_b + T - 1 (rows with write_b False untouched)."""
-  def one(c, u, s):
-    return jax.lax.dynamic_update_slice(c, u.astype(c.dtype), (s,) + (0,) * (c.ndim - 1))
-  out = jax.vmap(one)(cache_BSGK, new_BTGK, start_B)
+  """Per row, writes the T new entries at slots start_b .. start_b + T - 1 (rows with write_b False untouched).
+
+  A row that must not change rewrites its own old entries, so the update stays an in-place slice write (selecting
+  between two whole caches would copy the cache on every decode step)."""
   if write_B is None:
-    return out
-  return jnp.where(write_B.reshape((-1,) + (1,) * (cache_BSGK.ndim - 1)), out, cache_BSGK)
+    write_B = jnp.ones(cache_BSGK.shape[:1], bool)
+
+  def one(c, u, s, w):
+    index = (s,) + (0,) * (c.ndim - 1)
+    old = jax.lax.dynamic_slice(c, index, u.shape)
+    return jax.lax.dynamic_update_slice(c, jnp.where(w, u.astype(c.dtype), old), index)
+  return jax.vmap(one)(cache_BSGK, new_BTGK, start_B, write_B)
 
 
 def block_meta(length_B, valid_BT, ring_pos_BC, chunk: int | None):

@@ -104,9 +104,9 @@ def test_chunked_cache_stays_at_the_chunk_size(params):
   cfg = CFG.replace(max_position_embeddings=4096)
   from llama4_jax.generate import _start
   for new in (5, 60):
-    _, state, _ = _start(cfg, params, prompts, new, Sampling(stop_tokens=()), None, None, None)
-    for name, layer in state["cache"]["layers"].items():
-      slots = layer["k"].shape[2]
+    _, state, _, _ = _start(cfg, params, prompts, new, Sampling(stop_tokens=()), None, None, None)
+    for name, layer in state["cache"]["layers"][0].items():  # the decode loop's per-super-block cache [B, S, G, K]
+      slots = layer["k"].shape[1]
       assert slots == (8 if name != "layer_3" else 40 + new + (-(40 + new)) % 8)
 
 
