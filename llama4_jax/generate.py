@@ -191,7 +191,8 @@ def _start(cfg, params, prompts, max_new_tokens, sampling, images, tokenizer, pr
     last = picked if last is None else jnp.where(jnp.asarray(here)[:, None], picked, last)
   # The decode loop reads per-super-block weights and caches (see Transformer.unstacked): split them once here.
   params = fns["unstack_params"](params)
-  state = {"cache": fns["unstack_cache"](cache), "logits": last, "out": jnp.full((len(prompts), max_new_tokens), pad, jnp.int32),
+  state = {"cache": fns["unstack_cache"](cache), "logits": last,
+           "out": jnp.full((len(prompts), max_new_tokens), pad, jnp.int32),
            "done": jnp.zeros((len(prompts),), bool), "t": jnp.zeros((), jnp.int32),
            "key": jax.random.key(sampling.seed)}
   return fns, state, stops, params
