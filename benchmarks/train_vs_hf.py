@@ -85,13 +85,19 @@ def hf_steps(model, batch, optim_cfg, mode: str):
   def train_step_hf():
     logits = model(input_ids=inputs).logits
     loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
-    loss.backward()
-    if optim_cfg.clip_norm and optim_cfg.clip_norm > 0:
-      torch.nn.utils.clip_grad_norm_(model.parameters(), optim_cfg.clip_norm)
-    opt.step()
-    opt.zero_grad(set_to_none=True)
-    return float(loss.detach())
+    return hf_update(model, opt, loss, optim_cfg.clip_norm)
   return train_step_hf
+
+
+def hf_update(model, opt, loss, clip_norm) -> float:
+  """Backward, global-norm clipping (as our optimizer does), the AdamW step and zero_grad; returns the loss."""
+  import torch
+  loss.backward()
+  if clip_norm and clip_norm > 0:
+    torch.nn.utils.clip_grad_norm_(model.parameters(), clip_norm)
+  opt.step()
+  opt.zero_grad(set_to_none=True)
+  return float(loss.detach())
 
 
 def our_steps(config, model_cfg, params, batch, mode: str):

@@ -167,12 +167,7 @@ def hf_vl_step(model, batch, pixel_values, optim_cfg):
     logits = model(input_ids=inputs, pixel_values=pixels, attention_mask=None).logits
     ce = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets, reduction="none")
     loss = (ce * mask).sum() / mask.sum().clamp(min=1.0)
-    loss.backward()
-    if optim_cfg.clip_norm and optim_cfg.clip_norm > 0:
-      torch.nn.utils.clip_grad_norm_(model.parameters(), optim_cfg.clip_norm)
-    opt.step()
-    opt.zero_grad(set_to_none=True)
-    return float(loss.detach())
+    return train_vs_hf.hf_update(model, opt, loss, optim_cfg.clip_norm)
   return train_step_hf
 
 
