@@ -14,7 +14,7 @@ from typing import Any, Mapping
 
 DTYPES = ("float32", "bfloat16", "float16")
 REMAT_POLICIES = ("none", "full", "dots", "dots_with_no_batch_dims")
-MOE_IMPLS = ("ragged_dot", "blocked", "dense", "pallas", "capacity")
+MOE_IMPLS = ("ragged_dot", "blocked", "dense", "pallas", "capacity", "gathered")
 ATTENTION_IMPLS = ("xla", "dense", "pallas")
 # The experiment config's `kernels` section (the only place experiments choose kernels) -> ModelConfig fields.
 KERNEL_KEYS = {"moe": "moe_impl", "attention": "attention_impl", "interpret": "kernel_interpret",
@@ -98,7 +98,8 @@ class ModelConfig:
   scan_unroll: int = 1  # super-blocks per scan iteration; > 1 trades compile time for less loop overhead
   # Set from the experiment's `kernels.moe`: 'ragged_dot' (jax.lax.ragged_dot over expert-sorted rows, the
   # accelerator path), 'blocked' (expert-pure row blocks + batched matmuls, the fast CPU path), 'dense' (one-hot
-  # oracle), 'pallas' (pallas_kernels/grouped_matmul), 'capacity' (fixed capacity per expert, drops the excess).
+  # oracle), 'pallas' (pallas_kernels/grouped_matmul), 'capacity' (fixed capacity per expert, drops the excess),
+  # 'gathered' (each token's expert weights gathered per token: few-token decode steps).
   moe_impl: str = "ragged_dot"
   moe_capacity_factor: float = 1.25  # `kernels.capacity_factor`, for moe_impl='capacity' only
   # Set from `kernels.attention`: 'xla': chunked layers attend over 2 * chunk keys per block of queries (banded),

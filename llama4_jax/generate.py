@@ -30,6 +30,7 @@ from llama4_jax.model import decode_block, embed_prompt, init_cache, unstack_cac
 from llama4_jax.sampling import Sampling, sample
 
 DEFAULT_PIECE = 512  # prefill piece without chunked attention
+DECODE_MOE = "gathered"  # MoE path of one-token decode steps when the configured one is the CPU's "blocked"
 STOP_NAMES = ("<|end_of_text|>", "<|eom|>", "<|eot|>")
 
 
@@ -135,8 +136,8 @@ def _compiled(cfg: ModelConfig, sampling: Sampling, stops: tuple[int, ...], pad:
   """Jitted prefill piece, embedding and decode functions for one (config, sampling) pair."""
   stops_arr = jnp.asarray(stops if stops else (-1,), jnp.int32)
   # One token per row per step: the CPU path's 128-row expert blocks would be nearly all padding, so decode steps
-  # use the exact dense expert computation instead (same math; prefill keeps the configured kernel).
-  decode_cfg = cfg.replace(moe_impl="dense") if cfg.moe_impl == "blocked" else cfg
+  # gather each token's expert weights instead (same math; prefill keeps the configured kernel).
+  decode_cfg = cfg.replace(moe_impl=DECODE_MOE) if cfg.moe_impl == "blocked" else cfg
 
   def step(params, state):
     """Samples each row's next token from its last logits, records it, and feeds it through the cache."""

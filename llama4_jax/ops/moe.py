@@ -61,6 +61,17 @@ def moe_dense(x_TD, scores_TK, experts_TK, gate_up_EDCF, down_EFD):
   return jnp.einsum("etf,efd->td", h_ETF, down_EFD)
 
 
+def moe_gathered(x_TD, scores_TK, experts_TK, gate_up_EDCF, down_EFD):
+  """Each token through its own experts' weights, gathered per token: the few-token path (one decode step per row),
+  where reading k expert slabs per token beats running every expert on every token."""
+  out_TD = jnp.zeros_like(x_TD)
+  for k in range(experts_TK.shape[1]):
+    e_T = experts_TK[:, k]
+    h_TF = _swiglu(jnp.einsum("td,tdcf->tcf", scores_TK[:, k:k + 1].astype(x_TD.dtype) * x_TD, gate_up_EDCF[e_T]))
+    out_TD = out_TD + jnp.einsum("tf,tfd->td", h_TF, down_EFD[e_T])
+  return out_TD
+
+
 def sort_assignments(experts_TK, num_experts: int):
   """Order of the T*K (token, slot) assignments grouped by expert, its inverse, and the group sizes."""
   flat_A = experts_TK.reshape(-1)
@@ -236,7 +247,8 @@ def moe_capacity(x_TD, scores_TK, experts_TK, gate_up_EDCF, down_EFD, capacity_f
   return y_AD.reshape(t, k, d).sum(axis=1), jnp.sum(jnp.logical_not(keep_A).astype(jnp.int32))
 
 
-DISPATCH = {"ragged_dot": moe_sort, "blocked": moe_blocked, "dense": moe_dense, "pallas": moe_pallas}
+DISPATCH = {"ragged_dot": moe_sort, "blocked": moe_blocked, "dense": moe_dense, "pallas": moe_pallas,
+            "gathered": moe_gathered}
 
 
 def dispatch(impl: str, x_TD, scores_TK, experts_TK, gate_up_EDCF, down_EFD, *, interpret: bool = False,

@@ -7,7 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from llama4_jax.ops.moe import load_statistics, moe_blocked, moe_dense, moe_sort as _moe_sort, route, sort_assignments
+from llama4_jax.ops.moe import (load_statistics, moe_blocked, moe_dense, moe_gathered, moe_sort as _moe_sort, route,
+                                sort_assignments)
 
 
 # The tests keep separate gate / up weights; the ops take them fused as [E, D, 2, F].
@@ -18,6 +19,7 @@ def _fused(impl):
 moe_sort = _fused(_moe_sort)
 moe_dense = _fused(moe_dense)
 moe_blocked_small = _fused(functools.partial(moe_blocked, block=4))  # several blocks and padding even at T=12
+moe_gathered = _fused(moe_gathered)
 
 
 def _weights(rs, e, d, f, scale=0.5):
@@ -58,7 +60,8 @@ def test_route_top1_score_is_not_renormalised():
 def _sort_and_dense(x_TD, router_DE, gate, up, down, w_TD, k):
   """Routed output and its VJP (cotangent w_TD) w.r.t. x, router and expert weights, for both dispatch paths."""
   out = {}
-  for name, impl in (("sort", moe_sort), ("blocked", moe_blocked_small), ("dense", moe_dense)):
+  for name, impl in (("sort", moe_sort), ("blocked", moe_blocked_small), ("dense", moe_dense),
+                     ("gathered", moe_gathered)):
     def moe(x, router, g, u, d, impl=impl):
       scores_TK, experts_TK, _ = route(x, router, k)
       return impl(x, scores_TK, experts_TK, g, u, d)
@@ -79,7 +82,7 @@ def test_sort_equals_dense_forward_and_gradients(e, k):
   out = _sort_and_dense(x_TD, router_DE, gate, up, down, w_TD, k)
   (fwd_sort, grads_sort), (fwd_dense, grads_dense) = out["sort"], out["dense"]
   assert fwd_sort.shape == (t, d)
-  for impl in ("sort", "blocked"):
+  for impl in ("sort", "blocked", "gathered"):
     np.testing.assert_allclose(np.asarray(out[impl][0]), np.asarray(fwd_dense), rtol=1e-5, atol=1e-5)
     for name, gs, gd in zip(("x", "router", "gate", "up", "down"), out[impl][1], grads_dense):
       np.testing.assert_allclose(np.asarray(gs), np.asarray(gd), rtol=1e-4, atol=1e-4, err_msg=f"{impl} {name}")
