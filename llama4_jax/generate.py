@@ -78,6 +78,9 @@ def _prepare_images(cfg: ModelConfig, prompts, images, tokenizer):
   """Expands `<|image|>` placeholders; returns (prompts, per-row tiles [B, N, C, S, S] or None)."""
   from llama4_jax.data import image as image_lib
   if images is None:
+    if cfg.vision is not None and any(cfg.vision.image_token_id in p for p in prompts):
+      raise GenerationError(f"a prompt holds <|patch|> tokens (id {cfg.vision.image_token_id}) but no images were "
+                            "given; pass images and write one <|image|> placeholder per image instead")
     return prompts, None
   if cfg.vision is None:
     raise GenerationError("images were given but the model has no vision tower (model.vision is disabled)")

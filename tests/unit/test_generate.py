@@ -147,8 +147,10 @@ def test_generate_with_an_image_prompt_matches_forward():
   expanded = image_lib.expand_image_placeholders(prompt, [grid], 16, tok)
   logits = np.asarray(forward(cfg, params, np.array([expanded + out]), pixel_values=tiles))[0]
   np.testing.assert_array_equal(np.argmax(logits[len(expanded) - 1:-1], -1), out)
-  with pytest.raises(GenerationError, match="1 <\\|image\\|> placeholders but 2 images|placeholder"):
+  with pytest.raises(GenerationError, match="prompt 0: 1 <\\|image\\|> placeholder but 2 images"):
     generate(cfg, params, [prompt], max_new_tokens=2, images=[[image, image]], tokenizer=tok)
+  with pytest.raises(GenerationError, match="holds <\\|patch\\|> tokens .* but no images"):
+    generate(cfg, params, [expanded], max_new_tokens=2, tokenizer=tok)
 
 
 def test_sampling_is_seeded_and_filters_work(params):
