@@ -12,7 +12,9 @@ attention, `torch.set_num_threads(2)`).
 Encoder mode: our jitted vision tower (`VisionEncoder`: ViT, pixel shuffle, adapter, projector, i.e. the image
 features in text space) on `--tiles` random tiles, against HF's `vision_model` + `multi_modal_projector` under
 `torch.no_grad` in eval mode. Reported in images (tiles) per second; the features of both are compared once (printed,
-never asserted).
+never asserted). A call takes about 15 ms here, and torch's OpenMP threads keep spinning for some milliseconds after
+each of its calls, which slowed an XLA call right after it by about a third on 2 cores. So in every round each side
+first makes one untimed call of its own, then `--encoder_calls` timed calls back to back (the sample: their mean).
 Train mode: one real batch of `MixedBatches` (configs/default_vl.py's data: 8 rows x 128 tokens, `--image_fraction`
 of the rows packed image-text examples, 8 tile slots per row). Ours is the jitted, donated `train_step` (as in
 benchmarks/train_vs_hf.py): it encodes every tile slot of the batch, zero padding tiles included (B x 8 tiles).
@@ -20,13 +22,15 @@ Hugging Face's step is forward on `input_ids` + flat `pixel_values` (only the re
 `<|patch|>` tokens), masked mean cross entropy over the same targets and loss mask, backward, gradient clipping at
 `config.optim.clip_norm`, `torch.optim.AdamW` step, zero_grad. HF has no packing: it runs with attention_mask=None,
 so its documents attend across the packed boundaries of a row and its positions do not restart per document (the
-same FLOPs; its losses therefore differ slightly from ours). Tokens/s counts all B x L tokens of the batch.
+same FLOPs; its losses therefore differ slightly from ours). Tokens/s counts all B x L tokens of the batch. One step
+per side and round (the spinning above costs milliseconds of a step of about a second).
 After warm-up the two sides ALTERNATE for `--rounds` rounds (which goes first flips each round), so machine noise
 hits both; medians are reported with ratio = HF time / our time. Prints one JSON line; asserts nothing.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import platform
@@ -59,7 +63,8 @@ for _name in ("config", "mode", "batch", "seq"):
 CONFIG = config_flags.DEFINE_config_file("config", os.path.join(ROOT, "configs/default_vl.py"),
                                          "experiment config file[:preset] of a vision model, as for llama4_jax.main")
 MODE = flags.DEFINE_enum("mode", "both", ["encoder", "train", "both"], "what is timed on both sides")
-TILES = flags.DEFINE_integer("tiles", 64, "encoder mode: tiles per timed call")
+TILES = flags.DEFINE_integer("tiles", 64, "encoder mode: tiles per call")
+CALLS = flags.DEFINE_integer("encoder_calls", 5, "encoder mode: timed back-to-back calls per side and round")
 IMAGE_FRACTION = flags.DEFINE_float("image_fraction", 0.5, "train mode: share of the batch's rows that are image-text")
 ROUNDS, WARMUP, THREADS = train_vs_hf.ROUNDS, train_vs_hf.WARMUP, train_vs_hf.THREADS
 
@@ -81,13 +86,20 @@ def load_hf_vl_model(model_cfg, params, directory: str):
                                                                      attn_implementation="sdpa")
 
 
-def alternate(ours, hf, rounds: int):
-  """Per-call seconds of both sides over `rounds` rounds, the side that goes first flipping each round."""
+def alternate(ours, hf, rounds: int, calls: int = 1, settle: bool = False):
+  """Seconds per call of both sides in each of `rounds` rounds, the side that goes first flipping each round: the
+  mean of `calls` back-to-back calls, after one untimed call of the same side if `settle`."""
   our_times, hf_times = [], []
+
+  def repeated(fn):
+    for _ in range(calls):
+      fn()
   for r in range(rounds):
     pair = [(ours, our_times), (hf, hf_times)]
     for fn, times in (pair if r % 2 == 0 else pair[::-1]):
-      times.append(train_vs_hf.timed(fn)[0])
+      if settle:
+        fn()
+      times.append(train_vs_hf.timed(functools.partial(repeated, fn))[0] / calls)
   return our_times, hf_times
 
 
@@ -108,7 +120,7 @@ def summary(our_times, hf_times, units: float, unit: str) -> dict:
           "hf_s": [round(t, 4) for t in hf_times]}
 
 
-def encoder_benchmark(model_cfg, params, hf_model, n_tiles: int, rounds: int, warmup: int) -> dict:
+def encoder_benchmark(model_cfg, params, hf_model, n_tiles: int, calls: int, rounds: int, warmup: int) -> dict:
   """Images (tiles) per second of the vision tower + projector on both sides, no gradients."""
   import torch
   v = model_cfg.vision
@@ -131,8 +143,9 @@ def encoder_benchmark(model_cfg, params, hf_model, n_tiles: int, rounds: int, wa
   if ours_feats.shape == hf_feats.shape:
     agreement.update(features_max_abs_diff=float(np.max(np.abs(ours_feats - hf_feats))),
                      features_max_abs=round(float(np.max(np.abs(hf_feats))), 4))
-  our_times, hf_times = alternate(ours, hf, rounds)
-  return {"tiles": n_tiles, **summary(our_times, hf_times, n_tiles, "images"), **agreement,
+  our_times, hf_times = alternate(ours, hf, rounds, calls, settle=True)
+  return {"tiles": n_tiles, "timed_calls_per_round": calls, **summary(our_times, hf_times, n_tiles, "images"),
+          **agreement,
           "our_compile_and_first_s": round(first["compile_s"], 2), "hf_first_s": round(first["hf_first_s"], 4),
           "our_call": "jitted VisionEncoder (ViT, pixel shuffle, adapter, projector)",
           "hf_call": "vision_model + multi_modal_projector under no_grad, eval mode"}
@@ -212,7 +225,8 @@ def main(argv):
   out = {"benchmark": "vision_vs_hf", "mode": MODE.value, "preset": config.get("preset", "?"),
          "moe_impl": model_cfg.moe_impl, "rounds": ROUNDS.value, "warmup": WARMUP.value}
   if MODE.value in ("encoder", "both"):  # first: on the untrained weights, before our train step donates them
-    out["encoder"] = encoder_benchmark(model_cfg, params, hf_model, TILES.value, ROUNDS.value, WARMUP.value)
+    out["encoder"] = encoder_benchmark(model_cfg, params, hf_model, TILES.value, CALLS.value, ROUNDS.value,
+                                       WARMUP.value)
   if MODE.value in ("train", "both"):
     out["train"] = train_benchmark(config, model_cfg, params, hf_model, batch, ROUNDS.value, WARMUP.value)
   out.update({
