@@ -158,8 +158,10 @@ def _compiled(cfg: ModelConfig, sampling: Sampling, stops: tuple[int, ...], pad:
     cond = lambda s: (s["t"] < limit) & ~jnp.all(s["done"])  # noqa: E731
     return jax.lax.while_loop(cond, functools.partial(step, params), state)
 
-  def prefill(params, tokens, cache, valid, emb):
-    return decode_block(cfg, params, tokens, cache, valid, emb)
+  def prefill(params, tokens, cache, valid, emb, last):
+    """One chunk-aligned prompt piece; logits only at each row's slot `last` (its final prompt token if there)."""
+    logits, cache = decode_block(cfg, params, tokens, cache, valid, emb, unstacked=True, logits_at_B=last)
+    return logits[:, 0], cache
 
   return {"prefill": jax.jit(prefill, donate_argnums=2), "step": jax.jit(step, donate_argnums=1),
           "loop": jax.jit(loop, donate_argnums=1), "embed": jax.jit(functools.partial(embed_prompt, cfg)),
@@ -184,18 +186,18 @@ def _start(cfg, params, prompts, max_new_tokens, sampling, images, tokenizer, pr
     tokens[b, :len(p)] = p
   valid = np.arange(padded)[None] < lengths[:, None]
   cache_len = int(math.ceil((lengths.max() + max_new_tokens) / piece) * piece)
-  cache = init_cache(cfg, len(prompts), cache_len)
+  # Prefill and the decode loop read per-super-block weights and caches (see Transformer.unstacked): split once.
+  cache = fns["unstack_cache"](init_cache(cfg, len(prompts), cache_len))
   emb = fns["embed"](params, jnp.asarray(tokens), jnp.asarray(pixels)) if pixels is not None else None
+  params = fns["unstack_params"](params)
   last = None
   for s in range(0, padded, piece):
-    logits, cache = fns["prefill"](params, jnp.asarray(tokens[:, s:s + piece]), cache,
-                                   jnp.asarray(valid[:, s:s + piece]), None if emb is None else emb[:, s:s + piece])
     here = (lengths - 1 >= s) & (lengths - 1 < s + piece)  # rows whose last prompt token is in this piece
-    picked = logits[jnp.arange(len(prompts)), jnp.asarray(np.clip(lengths - 1 - s, 0, piece - 1))]
+    picked, cache = fns["prefill"](params, jnp.asarray(tokens[:, s:s + piece]), cache,
+                                   jnp.asarray(valid[:, s:s + piece]), None if emb is None else emb[:, s:s + piece],
+                                   jnp.asarray(np.clip(lengths - 1 - s, 0, piece - 1), jnp.int32))
     last = picked if last is None else jnp.where(jnp.asarray(here)[:, None], picked, last)
-  # The decode loop reads per-super-block weights and caches (see Transformer.unstacked): split them once here.
-  params = fns["unstack_params"](params)
-  state = {"cache": fns["unstack_cache"](cache), "logits": last,
+  state = {"cache": cache, "logits": last,
            "out": jnp.full((len(prompts), max_new_tokens), pad, jnp.int32),
            "done": jnp.zeros((len(prompts),), bool), "t": jnp.zeros((), jnp.int32),
            "key": jax.random.key(sampling.seed)}

@@ -119,11 +119,11 @@ def cache_layout(cfg: ModelConfig, max_len: int) -> dict[str, int]:
 def init_cache(cfg: ModelConfig, batch: int, max_len: int, dtype=None) -> dict:
   """Empty KV cache for `batch` rows of up to `max_len` tokens (ops/kv_cache.py describes the layout).
 
-  Per super-block layer j: k and v [num_blocks, B, slots_j, G, K] in the compute dtype; `length` [B] tokens cached
+  Per super-block layer j: k and v [num_blocks, B, G, slots_j, K] in the compute dtype; `length` [B] tokens cached
   per row; `ring_pos` [B, chunk] the position held by each ring slot (-1: empty), None without chunked attention.
   """
   dtype = jnp.dtype(dtype or cfg.dtype)
-  shape = lambda slots: (cfg.num_blocks, batch, slots, cfg.num_key_value_heads, cfg.head_dim)  # noqa: E731
+  shape = lambda slots: (cfg.num_blocks, batch, cfg.num_key_value_heads, slots, cfg.head_dim)  # noqa: E731
   layers = {name: {"k": jnp.zeros(shape(slots), dtype), "v": jnp.zeros(shape(slots), dtype)}
             for name, slots in cache_layout(cfg, max_len).items()}
   chunk = cfg.attention_chunk_size
@@ -147,10 +147,11 @@ def unstack_cache(cfg: ModelConfig, kv_cache):
 
 
 def decode_block(cfg: ModelConfig, params, tokens_BT, kv_cache, valid_BT=None, embeddings_BTD=None,
-                 unstacked: bool = False):
+                 unstacked: bool = False, logits_at_B=None):
   """One generation block (a prompt piece or one new token per row) through the cache: (logits [B, T, V], cache).
 
-  `unstacked`: params from `unstack_params` and a cache from `unstack_cache` (what compiled decode loops use).
+  `unstacked`: params from `unstack_params` and a cache from `unstack_cache` (what compiled generation uses).
+  `logits_at_B`: logits only at that slot of each row ([B, 1, V]).
   A block must not cross a chunk boundary of the chunked layers (their ring holds one chunk): prefill in pieces
   that divide `attention_chunk_size`, starting at chunk-aligned lengths.
   """
@@ -159,7 +160,8 @@ def decode_block(cfg: ModelConfig, params, tokens_BT, kv_cache, valid_BT=None, e
     raise ValueError(f"{tokens_BT.shape[1]} tokens cross a chunk boundary (chunk {chunk}): feed pieces of at most "
                      "model.attention_chunk_size tokens")
   logits, _, kv_cache = Transformer(cfg, unstacked=unstacked).apply(
-      {"params": params}, tokens_BT, embeddings_BLD=embeddings_BTD, kv_cache=kv_cache, valid_BL=valid_BT)
+      {"params": params}, tokens_BT, embeddings_BLD=embeddings_BTD, kv_cache=kv_cache, valid_BL=valid_BT,
+      logits_at_B=logits_at_B)
   return logits, kv_cache
 
 

@@ -14,8 +14,8 @@ from llama4_jax.config import ModelConfig
 from llama4_jax.model.layers import declare, rms_normalize
 from llama4_jax.model.rope import apply_rope
 from llama4_jax.ops import kv_cache as kv_cache_ops
-from llama4_jax.ops.attention import (chunked_self_attention, dot_product_attention, pallas_self_attention,
-                                      temperature_scale)
+from llama4_jax.ops.attention import (cache_attention, chunked_self_attention, dot_product_attention,
+                                      pallas_self_attention, temperature_scale)
 from llama4_jax.sharding import BATCH_AXES
 
 
@@ -51,8 +51,8 @@ class Attention(nn.Module):
     if kv_cache is not None:
       ring = self.use_rope and chunk is not None
       new_cache, mask = kv_cache_ops.update_layer(kv_cache, k_BLGK, v_BLGK, meta, ring, chunk)
-      out_BLHK = dot_product_attention(q_BLHK, new_cache["k"].astype(dt), new_cache["v"].astype(dt), mask,
-                                       scale=k ** -0.5)
+      out_BLHK = cache_attention(q_BLHK, new_cache["k"].astype(dt), new_cache["v"].astype(dt), mask,
+                                 scale=k ** -0.5)
       return jnp.einsum("blhk,hkd->bld", out_BLHK, wo), new_cache
     if cfg.attention_impl == "pallas":
       kernel = functools.partial(pallas_self_attention, chunk_size=chunk if self.use_rope else None,

@@ -41,10 +41,14 @@ def rope_cos_sin(positions_BL: jnp.ndarray, inv_freq: np.ndarray) -> tuple[jnp.n
 
 
 def apply_rope(x_BLHK: jnp.ndarray, cos_BLk: jnp.ndarray, sin_BLk: jnp.ndarray) -> jnp.ndarray:
-  """Rotates interleaved pairs (x[2j], x[2j+1]) by the per-position angle; returns x's dtype."""
+  """Rotates interleaved pairs (x[2j], x[2j+1]) by the per-position angle; returns x's dtype.
+
+  Written as one elementwise expression, out[i] = x[i] cos_i + x[i ^ 1] (-sin_i if i even else sin_i), over
+  tables widened to K: the same float32 products and sums as rotating each pair, without the strided pair slices
+  and re-interleaving stack that XLA:CPU lowers to slow copies."""
   b, l, h, k = x_BLHK.shape
-  pairs = x_BLHK.astype(jnp.float32).reshape(b, l, h, k // 2, 2)
-  re, im = pairs[..., 0], pairs[..., 1]
-  cos, sin = cos_BLk[:, :, None, :], sin_BLk[:, :, None, :]
-  rotated = jnp.stack([re * cos - im * sin, re * sin + im * cos], axis=-1)
-  return rotated.reshape(b, l, h, k).astype(x_BLHK.dtype)
+  x = x_BLHK.astype(jnp.float32)
+  swapped = x.reshape(b, l, h, k // 2, 2)[..., ::-1].reshape(b, l, h, k)
+  cos_BLK = jnp.repeat(cos_BLk, 2, axis=-1)[:, :, None, :]
+  sin_BLK = jnp.stack([-sin_BLk, sin_BLk], axis=-1).reshape(*sin_BLk.shape[:-1], k)[:, :, None, :]
+  return (x * cos_BLK + swapped * sin_BLK).astype(x_BLHK.dtype)

@@ -121,10 +121,11 @@ class Transformer(nn.Module):
 
   @nn.compact
   def __call__(self, tokens_BL, positions_BL=None, segment_ids_BL=None, embeddings_BLD=None, pixels_BNCHW=None,
-               kv_cache=None, valid_BL=None, embeddings_only=False):
+               kv_cache=None, valid_BL=None, embeddings_only=False, logits_at_B=None):
     """Training / scoring call, or with `kv_cache` (see `llama4_jax.model.init_cache`) a generation block: the
     tokens continue each row from its cached length (`valid_BL` marks real tokens; padding is not cached) and the
-    call returns (logits, aux, new kv_cache). `embeddings_only`: return the input embeddings (images fused)."""
+    call returns (logits, aux, new kv_cache). `embeddings_only`: return the input embeddings (images fused).
+    `logits_at_B`: compute logits only at this slot of each row ([B, 1, V]; what a prefill piece needs)."""
     cfg = self.cfg
     block = SuperBlock
     if cfg.remat_policy != "none" and kv_cache is None:
@@ -169,6 +170,8 @@ class Transformer(nn.Module):
       ctx["meta"] = meta
       x_BLD, (stats, layers) = blocks(x_BLD, ctx, kv_cache["layers"])
       kv_cache = {"layers": layers, "length": meta["new_length"], "ring_pos": meta["ring_pos"]}
+    if logits_at_B is not None:
+      x_BLD = jnp.take_along_axis(x_BLD, logits_at_B[:, None, None].astype(jnp.int32), axis=1)
     x_BLD = RMSNorm(cfg, name="final_norm")(x_BLD)
     head = declare(self, "lm_head", (cfg.hidden_size, cfg.vocab_size), ("embed", "vocab"), cfg)
     logits_BLV = jnp.einsum("bld,dv->blv", x_BLD, head.astype(dt), preferred_element_type=jnp.float32)

@@ -44,14 +44,24 @@ def temperature_scale(positions_BL, floor_scale: float, attn_scale: float) -> jn
 
 def dot_product_attention(q_BLHK, k_BSGK, v_BSGK, mask_BLS, scale: float) -> jnp.ndarray:
   """Reference grouped-query attention. Query head h reads KV head h // (H / G). Returns [B, L, H, K]."""
+  return cache_attention(q_BLHK, jnp.swapaxes(k_BSGK, 1, 2), jnp.swapaxes(v_BSGK, 1, 2), mask_BLS, scale)
+
+
+def cache_attention(q_BLHK, k_BGSK, v_BGSK, mask_BLS, scale: float) -> jnp.ndarray:
+  """Grouped-query attention over keys and values laid out [B, G, S, K] (the KV cache's layout, ops/kv_cache.py):
+  query head h reads KV head h // (H / G). Returns [B, L, H, K]."""
   b, l, h, kd = q_BLHK.shape
-  g = k_BSGK.shape[2]
-  q_BLGRK = q_BLHK.reshape(b, l, g, h // g, kd)
-  logits = jnp.einsum("blgrk,bsgk->bgrls", q_BLGRK, k_BSGK, preferred_element_type=jnp.float32) * scale
+  g, s = k_BGSK.shape[1], k_BGSK.shape[2]
+  r = h // g
+  # Explicit dot_generals with (b, g) batch dims and the queries' (r, l) as one row dim: both products are then
+  # plain batched matmuls over operands as they lie (no transposed copy of the keys or values).
+  q_BGMK = jnp.transpose(q_BLHK.reshape(b, l, g, r, kd), (0, 2, 3, 1, 4)).reshape(b, g, r * l, kd)
+  logits = jax.lax.dot_general(q_BGMK, k_BGSK, (((3,), (3,)), ((0, 1), (0, 1))),
+                               preferred_element_type=jnp.float32).reshape(b, g, r, l, s) * scale
   logits = jnp.where(mask_BLS[:, None, None, :, :], logits, _MASK_VALUE)
-  probs = jax.nn.softmax(logits, axis=-1).astype(v_BSGK.dtype)
-  out_BLGRK = jnp.einsum("bgrls,bsgk->blgrk", probs, v_BSGK)
-  return out_BLGRK.reshape(b, l, h, kd)
+  probs_BGMS = jax.nn.softmax(logits, axis=-1).astype(v_BGSK.dtype).reshape(b, g, r * l, s)
+  out_BGMK = jax.lax.dot_general(probs_BGMS, v_BGSK, (((3,), (2,)), ((0, 1), (0, 1))))
+  return jnp.transpose(out_BGMK.reshape(b, g, r, l, kd), (0, 3, 1, 2, 4)).reshape(b, l, h, kd)
 
 
 def _blocks(x, n: int, c: int):

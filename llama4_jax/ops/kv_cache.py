@@ -9,6 +9,9 @@ Face reaches with left padding and per-row position ids), so no row's result dep
 New tokens come in blocks [B, T] starting at every row's current length: T = 1 while decoding, pieces of a prompt
 while prefilling. A block never crosses a chunk boundary (pieces are chunk-aligned), so its ring slots are
 contiguous. Keys are written first and the block then attends over the cache alone.
+
+Per layer, keys and values are stored [B, G, S, K] (KV head before slot): the attention dots then read the cache
+as it lies, where a [B, S, G, K] cache had XLA transpose (copy) the whole cache on every decode step.
 """
 
 from __future__ import annotations
@@ -17,19 +20,20 @@ import jax
 import jax.numpy as jnp
 
 
-def write_rows(cache_BSGK, new_BTGK, start_B, write_B=None):
-  """Per row, writes the T new entries at slots start_b .. start_b + T - 1 (rows with write_b False untouched).
+def write_rows(cache_B, new_B, start_B, write_B=None, slot_axis: int = 0):
+  """Per row, writes the T new entries (axis `slot_axis` of a row of `new_B`) at slots start_b .. start_b + T - 1
+  of the same axis of the cache row (rows with write_b False untouched).
 
   A row that must not change rewrites its own old entries, so the update stays an in-place slice write (selecting
   between two whole caches would copy the cache on every decode step)."""
   if write_B is None:
-    write_B = jnp.ones(cache_BSGK.shape[:1], bool)
+    write_B = jnp.ones(cache_B.shape[:1], bool)
 
   def one(c, u, s, w):
-    index = (s,) + (0,) * (c.ndim - 1)
+    index = tuple(s if a == slot_axis else 0 for a in range(c.ndim))
     old = jax.lax.dynamic_slice(c, index, u.shape)
     return jax.lax.dynamic_update_slice(c, jnp.where(w, u.astype(c.dtype), old), index)
-  return jax.vmap(one)(cache_BSGK, new_BTGK, start_B, write_B)
+  return jax.vmap(one)(cache_B, new_B, start_B, write_B)
 
 
 def block_meta(length_B, valid_BT, ring_pos_BC, chunk: int | None):
@@ -63,10 +67,11 @@ def chunked_mask(meta, chunk: int):
 
 
 def update_layer(layer_cache, k_BTGK, v_BTGK, meta, ring: bool, chunk: int | None):
-  """Writes the block's keys and values into one layer's cache; returns (new cache, attention mask [B, T, S])."""
-  size = layer_cache["k"].shape[1]
+  """Writes the block's keys and values into one layer's cache ([B, G, S, K]); returns (new cache, attention mask
+  [B, T, S])."""
+  size = layer_cache["k"].shape[2]
   start = meta["start"] % size if ring else meta["start"]
-  new = {name: write_rows(layer_cache[name], x, start, meta["write"])
+  new = {name: write_rows(layer_cache[name], jnp.swapaxes(x, 1, 2), start, meta["write"], slot_axis=1)
          for name, x in (("k", k_BTGK), ("v", v_BTGK))}
   mask = chunked_mask(meta, chunk) if ring else global_mask(meta, size)
   return new, mask

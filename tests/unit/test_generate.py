@@ -40,7 +40,7 @@ def test_token_by_token_decode_equals_full_forward_past_two_chunks(params):
   assert np.abs(full).max() > 0.1
   np.testing.assert_allclose(dec, full, atol=TOL, rtol=0)
   # Chunked layers hold the chunk only (8 slots), global layers the whole context.
-  assert cache["layers"]["layer_0"]["k"].shape[2] == 8 and cache["layers"]["layer_3"]["k"].shape[2] == 32
+  assert cache["layers"]["layer_0"]["k"].shape[3] == 8 and cache["layers"]["layer_3"]["k"].shape[3] == 32
   np.testing.assert_array_equal(cache["length"], [29, 29])
 
 
@@ -105,8 +105,8 @@ def test_chunked_cache_stays_at_the_chunk_size(params):
   from llama4_jax.generate import _start
   for new in (5, 60):
     _, state, _, _ = _start(cfg, params, prompts, new, Sampling(stop_tokens=()), None, None, None)
-    for name, layer in state["cache"]["layers"][0].items():  # the decode loop's per-super-block cache [B, S, G, K]
-      slots = layer["k"].shape[1]
+    for name, layer in state["cache"]["layers"][0].items():  # the decode loop's per-super-block cache [B, G, S, K]
+      slots = layer["k"].shape[2]
       assert slots == (8 if name != "layer_3" else 40 + new + (-(40 + new)) % 8)
 
 

@@ -187,8 +187,12 @@ def test_positions_default_to_restarting_per_segment(tiny):
                                 [[0, 1, 2, 0, 1, 0, 0, 1], [0, 1, 2, 3, 4, 5, 6, 7]])
   cfg, params = tiny
   docs, tokens, positions, segments = _packed(cfg, N)
-  np.testing.assert_array_equal(np.asarray(forward(cfg, params, tokens, None, segments)),
-                                np.asarray(forward(cfg, params, tokens, positions, segments)))
+  implied = np.asarray(forward(cfg, params, tokens, None, segments))
+  # The two calls compile different graphs (positions computed in the graph or passed in), so XLA may fuse and round
+  # differently: equal to float32 rounding, while positions that do not restart per segment move the logits far more.
+  np.testing.assert_allclose(implied, np.asarray(forward(cfg, params, tokens, positions, segments)), atol=1e-5, rtol=0)
+  running = np.broadcast_to(np.arange(tokens.shape[1]), tokens.shape)
+  assert np.abs(implied - np.asarray(forward(cfg, params, tokens, running, segments))).max() > 1e-3
 
 
 def test_pallas_grouped_matmul_moe_equals_sort(tiny):
