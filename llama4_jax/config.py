@@ -103,7 +103,9 @@ class ModelConfig:
   moe_impl: str = "ragged_dot"
   moe_capacity_factor: float = 1.25  # `kernels.capacity_factor`, for moe_impl='capacity' only
   # Set from `kernels.attention`: 'xla': chunked layers attend over 2 * chunk keys per block of queries (banded),
-  # global layers use the masked XLA softmax; 'dense': full masked reference on every layer;
+  # global layers use the masked XLA softmax; on rows past 2 * ops.attention.QUERY_BLOCK tokens both run one chunk /
+  # query block at a time, rematerialised, so memory stays linear in the row length; 'dense': full masked
+  # reference on every layer;
   # 'pallas': the flash-attention kernel (pallas_kernels/flash_attention) on every layer.
   attention_impl: str = "xla"
   kernel_interpret: bool = False  # run Pallas kernels in interpret mode (CPU tests)

@@ -96,10 +96,53 @@ def chunked_self_attention(q_BLHK, k_BLGK, v_BLGK, positions_BL, segment_ids_BL,
   mask = attention_mask(q_index, kv_index.reshape(b * n, 2 * c), q_seg, kv_seg.reshape(b * n, 2 * c), q_pos,
                         kv_pos.reshape(b * n, 2 * c), chunk_size=c)
   mask &= (kv_index.reshape(b * n, 2 * c) >= 0)[:, None, :]
-  logits = jnp.einsum("bnqgrk,bnsgk->bngrqs", q_BNCGRK, k_BNSGK, preferred_element_type=jnp.float32) * scale
-  logits = jnp.where(mask.reshape(b, n, 1, 1, c, 2 * c), logits, _MASK_VALUE)
-  probs = jax.nn.softmax(logits, axis=-1).astype(v_BLGK.dtype)
-  out = jnp.einsum("bngrqs,bnsgk->bnqgrk", probs, v_BNSGK).reshape(b, n * c, h, kd)
+  mask_BNQS = mask.reshape(b, n, c, 2 * c)
+
+  def band(q, k, v, m):  # [B, ..., C, G, R, K] queries against their [B, ..., 2C, G, K] band
+    logits = jnp.einsum("b...qgrk,b...sgk->b...grqs", q, k, preferred_element_type=jnp.float32) * scale
+    logits = jnp.where(m[..., None, None, :, :], logits, _MASK_VALUE)
+    probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+    return jnp.einsum("b...grqs,b...sgk->b...qgrk", probs, v)
+
+  if n > 2 and l > 2 * QUERY_BLOCK:
+    # Long rows: one chunk at a time, recomputed in the backward pass, so only one chunk's [C, 2C] logits are live
+    # (all chunks at once cost O(L * 2C) floats per head, e.g. gigabytes at 32k tokens with 1k chunks).
+    one = jax.checkpoint(lambda xs: band(*xs))
+    out = jnp.moveaxis(jax.lax.map(one, tuple(jnp.moveaxis(x, 1, 0) for x in (q_BNCGRK, k_BNSGK, v_BNSGK,
+                                                                               mask_BNQS))), 0, 1)
+  else:
+    out = band(q_BNCGRK, k_BNSGK, v_BNSGK, mask_BNQS)
+  return out.reshape(b, n * c, h, kd)[:, :l]
+
+
+QUERY_BLOCK = 512  # queries per block of `query_blocked_attention`
+
+
+def query_blocked_attention(q_BLHK, k_BLGK, v_BLGK, segment_ids_BL, scale: float, block: int = QUERY_BLOCK):
+  """Exact global self-attention (causal by slot, same document) one block of `block` queries at a time against
+  all keys, each block recomputed in the backward pass (`jax.checkpoint`): peak memory O(block * L) instead of the
+  O(L^2) logits and mask of the dense reference, for the same result. Used for global (NoPE) layers of long rows."""
+  b, l, h, kd = q_BLHK.shape
+  n = -(-l // block)
+  pad = n * block - l
+  index_L = jnp.arange(n * block, dtype=jnp.int32)
+  seg_BL = segment_ids_BL
+  if pad:  # padded query slots (segment 0 and past every key) are computed and dropped
+    q_BLHK = jnp.pad(q_BLHK, [(0, 0), (0, pad), (0, 0), (0, 0)])
+    seg_BL = jnp.pad(segment_ids_BL, [(0, 0), (0, pad)])
+  k_BGSK, v_BGSK = jnp.swapaxes(k_BLGK, 1, 2), jnp.swapaxes(v_BLGK, 1, 2)
+  kv_index_S = jnp.arange(l, dtype=jnp.int32)
+
+  @jax.checkpoint
+  def one(xs):
+    q_blk, index_blk, seg_blk = xs  # [B, block, H, K], [block], [B, block]
+    mask = (kv_index_S[None, None, :] <= index_blk[None, :, None]) & (
+        segment_ids_BL[:, None, :] == seg_blk[:, :, None])
+    return cache_attention(q_blk, k_BGSK, v_BGSK, mask, scale)
+
+  blocks = (jnp.moveaxis(q_BLHK.reshape(b, n, block, h, kd), 1, 0), index_L.reshape(n, block),
+            jnp.moveaxis(seg_BL.reshape(b, n, block), 1, 0))
+  out = jnp.moveaxis(jax.lax.map(one, blocks), 0, 1).reshape(b, n * block, h, kd)
   return out[:, :l]
 
 

@@ -153,8 +153,12 @@ def test_fully_masked_row_gives_no_nan():
 
 @pytest.mark.parametrize("b,l,h,g,k,c", [(2, 21, 4, 2, 8, 8), (1, 37, 6, 3, 6, 5), (2, 64, 4, 4, 8, 16),
                                          (1, 10, 2, 1, 4, 16)])
-def test_banded_chunked_attention_equals_dense_reference(b, l, h, g, k, c):
+@pytest.mark.parametrize("long_row_path", [False, True])
+def test_banded_chunked_attention_equals_dense_reference(b, l, h, g, k, c, long_row_path, monkeypatch):
+  from llama4_jax.ops import attention as attention_ops
   from llama4_jax.ops.attention import chunked_self_attention
+  if long_row_path:  # rows count as long past 2 * QUERY_BLOCK: the chunk-at-a-time (mapped, rematerialised) path
+    monkeypatch.setattr(attention_ops, "QUERY_BLOCK", 2)
   rs = np.random.RandomState(l)
   q, kk, v = (jnp.asarray(rs.randn(b, l, n, k), jnp.float32) for n in (h, g, g))
   seg = np.ones((b, l), np.int32)
@@ -177,3 +181,52 @@ def test_banded_chunked_attention_equals_dense_reference(b, l, h, g, k, c):
     np.testing.assert_allclose(np.asarray(gb), np.asarray(gr), rtol=1e-4, atol=1e-5)
   out = chunked_self_attention(q, kk, v, jnp.asarray(pos), jnp.asarray(seg), c, 0.3)
   assert np.isfinite(np.asarray(out)).all()
+
+
+@pytest.mark.parametrize("b,l,h,g,k,block", [(2, 53, 4, 2, 8, 16), (1, 40, 6, 3, 6, 8), (1, 9, 2, 1, 4, 16)])
+def test_query_blocked_global_attention_equals_dense_reference(b, l, h, g, k, block):
+  from llama4_jax.ops.attention import query_blocked_attention
+  rs = np.random.RandomState(l + block)
+  q, kk, v = (jnp.asarray(rs.randn(b, l, n, k), jnp.float32) for n in (h, g, g))
+  seg = np.ones((b, l), np.int32)
+  seg[:, l // 3:] = 2
+  seg[:, l - 2:] = 0  # trailing padding
+  pos = np.concatenate([np.arange(l // 3), np.arange(l - l // 3)])[None].repeat(b, 0).astype(np.int32)
+  global_mask, _ = self_attention_masks(jnp.asarray(pos), jnp.asarray(seg), None)
+  valid = jnp.asarray(seg != 0)[:, :, None, None]
+
+  def ref(q, kk, v):
+    return jnp.sum(jnp.where(valid, dot_product_attention(q, kk, v, global_mask, 0.3), 0) ** 2)
+
+  def blocked(q, kk, v):
+    return jnp.sum(jnp.where(valid, query_blocked_attention(q, kk, v, jnp.asarray(seg), 0.3, block), 0) ** 2)
+
+  out = query_blocked_attention(q, kk, v, jnp.asarray(seg), 0.3, block)
+  assert out.shape == (b, l, h, k) and np.isfinite(np.asarray(out)).all()
+  np.testing.assert_allclose(np.asarray(jnp.where(valid, out, 0)),
+                             np.asarray(jnp.where(valid, dot_product_attention(q, kk, v, global_mask, 0.3), 0)),
+                             rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(blocked(q, kk, v), ref(q, kk, v), rtol=1e-5)
+  for gb, gr in zip(jax.grad(blocked, argnums=(0, 1, 2))(q, kk, v), jax.grad(ref, argnums=(0, 1, 2))(q, kk, v)):
+    np.testing.assert_allclose(np.asarray(gb), np.asarray(gr), rtol=1e-4, atol=1e-5)
+
+
+def test_query_blocked_attention_keeps_memory_linear_in_length():
+  """The compiled forward + backward's temporary memory grows ~linearly with the row (the dense reference's
+  grows with its square)."""
+  from llama4_jax.ops.attention import query_blocked_attention
+
+  def temp_bytes(fn, l):
+    q = jax.ShapeDtypeStruct((1, l, 2, 8), jnp.float32)
+    seg = jax.ShapeDtypeStruct((1, l), jnp.int32)
+    loss = lambda q, seg: jnp.sum(fn(q, q, q, seg) ** 2)  # noqa: E731
+    return jax.jit(jax.grad(loss)).lower(q, seg).compile().memory_analysis().temp_size_in_bytes
+
+  def dense(q, k, v, seg):
+    pos = jnp.broadcast_to(jnp.arange(q.shape[1], dtype=jnp.int32), seg.shape)
+    return dot_product_attention(q, k, v, self_attention_masks(pos, seg, None)[0], 0.3)
+
+  blocked = lambda q, k, v, seg: query_blocked_attention(q, k, v, seg, 0.3, 64)  # noqa: E731
+  small, large = (temp_bytes(blocked, l) for l in (1024, 4096))
+  assert large < 6 * small  # 4x the length: linear growth (the dense one grows ~16x)
+  assert temp_bytes(dense, 4096) > 10 * temp_bytes(dense, 1024)

@@ -161,6 +161,30 @@ def test_dense_and_blocked_moe_equal_sort(tiny):
   np.testing.assert_allclose(dense_attention, sort, rtol=1e-5, atol=1e-5)
 
 
+def test_long_rows_use_query_blocked_global_attention(tiny, monkeypatch):
+  """Global layers of rows past 2 * QUERY_BLOCK run the memory-linear blocked attention: same logits and gradients
+  as the dense reference on packed rows (the block is shrunk so the tiny rows take that path)."""
+  import llama4_jax.model.attention as attention_module
+  cfg, params = tiny
+  _, tokens, positions, segments = _packed(cfg, N)
+  calls = []
+  original = attention_module.query_blocked_attention
+  monkeypatch.setattr(attention_module, "QUERY_BLOCK", 5)
+  monkeypatch.setattr(attention_module, "query_blocked_attention",
+                      lambda *a, **k: calls.append(1) or original(*a, block=5, **k))
+
+  def loss(p, c):
+    logits, _ = apply(c, p, jnp.asarray(tokens), jnp.asarray(positions), jnp.asarray(segments))
+    return jnp.sum(logits ** 2) * 1e-3, logits
+
+  (_, blocked), g_blocked = jax.value_and_grad(loss, has_aux=True)(params, cfg)
+  assert calls, "the blocked path was not taken"
+  (_, dense), g_dense = jax.value_and_grad(loss, has_aux=True)(params, cfg.replace(attention_impl="dense"))
+  np.testing.assert_allclose(np.asarray(blocked), np.asarray(dense), rtol=1e-5, atol=1e-5)
+  for a, b in zip(jax.tree_util.tree_leaves(g_blocked), jax.tree_util.tree_leaves(g_dense)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
+
+
 def test_bfloat16_activations(tiny):
   cfg, params = tiny
   docs, _, _, _ = _packed(cfg, N)
