@@ -1,0 +1,75 @@
+"""MoE layer time against the number of experts at fixed active parameters (measures; asserts nothing).
+
+    python benchmarks/moe_scaling.py --experts=8,16,32,64,128 --impls=blocked,ragged_dot --tokens=2048
+
+One routed-expert layer of the tiny preset's width (D=256, expert width F=512, top-1, so the parameters each token
+uses stay fixed while the total grows with E), `--tokens` tokens, forward + backward (`jax.value_and_grad` of a
+scalar of the output with respect to the input and all expert weights) with each `kernels.moe` path in `--impls`.
+Router logits are random, so the load is roughly balanced. Per (impl, E): the median of `--repeats` jitted calls
+after a warm-up; ratios are to the smallest E of the same impl. Prints one JSON line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import sys
+import time
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+sys.path.insert(0, ROOT)
+
+from absl import app, flags  # noqa: E402
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+
+from llama4_jax.ops import moe as moe_ops  # noqa: E402
+
+EXPERTS = flags.DEFINE_list("experts", "8,16,32,64,128", "expert counts")
+IMPLS = flags.DEFINE_list("impls", "blocked,ragged_dot", "kernels.moe paths to time")
+TOKENS = flags.DEFINE_integer("tokens", 2048, "tokens through the layer (8 x 256 in the training benchmarks)")
+HIDDEN = flags.DEFINE_integer("hidden", 256, "model width D")
+WIDTH = flags.DEFINE_integer("width", 512, "expert width F")
+TOP_K = flags.DEFINE_integer("top_k", 1, "experts per token")
+REPEATS = flags.DEFINE_integer("repeats", 7, "timed calls per point")
+
+
+def time_layer(impl: str, e: int) -> float:
+  t, d, f, k = TOKENS.value, HIDDEN.value, WIDTH.value, TOP_K.value
+  keys = jax.random.split(jax.random.key(e), 4)
+  x = jax.random.normal(keys[0], (t, d), jnp.float32)
+  router = jax.random.normal(keys[1], (d, e), jnp.float32)
+  gate_up = jax.random.normal(keys[2], (e, d, 2, f), jnp.float32) * d ** -0.5
+  down = jax.random.normal(keys[3], (e, f, d), jnp.float32) * f ** -0.5
+
+  def loss(x, gate_up, down):
+    scores, experts, _ = moe_ops.route(x, router, k)
+    y, _ = moe_ops.dispatch(impl, x, scores, experts, gate_up, down)
+    return jnp.sum(y * y)
+
+  fn = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))
+  jax.block_until_ready(fn(x, gate_up, down))
+  times = []
+  for _ in range(REPEATS.value):
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn(x, gate_up, down))
+    times.append(time.perf_counter() - t0)
+  return statistics.median(times)
+
+
+def main(argv):
+  del argv
+  experts = [int(e) for e in EXPERTS.value]
+  out = {}
+  for impl in IMPLS.value:
+    rows = {e: time_layer(impl, e) for e in experts}
+    out[impl] = {str(e): {"seconds": round(s, 5), "ratio_to_first": round(s / rows[experts[0]], 3)}
+                 for e, s in rows.items()}
+  print(json.dumps({"benchmark": "moe_scaling", "tokens": TOKENS.value, "hidden": HIDDEN.value,
+                    "expert_width": WIDTH.value, "top_k": TOP_K.value, "by_impl": out, "jax": jax.__version__,
+                    "device": str(jax.devices()[0])}))
+
+
+if __name__ == "__main__":
+  app.run(main)
