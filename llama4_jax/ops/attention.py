@@ -136,8 +136,9 @@ def query_blocked_attention(q_BLHK, k_BLGK, v_BLGK, segment_ids_BL, scale: float
   @jax.checkpoint
   def one(xs):
     q_blk, index_blk, seg_blk = xs  # [B, block, H, K], [block], [B, block]
-    mask = (kv_index_S[None, None, :] <= index_blk[None, :, None]) & (
-        segment_ids_BL[:, None, :] == seg_blk[:, :, None])
+    # Global layers have no chunk, so positions do not enter the mask.
+    mask = attention_mask(jnp.broadcast_to(index_blk, seg_blk.shape), jnp.broadcast_to(kv_index_S, (b, l)),
+                          seg_blk, segment_ids_BL, None, None)
     return cache_attention(q_blk, k_BGSK, v_BGSK, mask, scale)
 
   blocks = (jnp.moveaxis(q_BLHK.reshape(b, n, block, h, kd), 1, 0), index_L.reshape(n, block),
