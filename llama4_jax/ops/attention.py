@@ -9,6 +9,8 @@ share one definition:
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
@@ -47,20 +49,64 @@ def dot_product_attention(q_BLHK, k_BSGK, v_BSGK, mask_BLS, scale: float) -> jnp
   return cache_attention(q_BLHK, jnp.swapaxes(k_BSGK, 1, 2), jnp.swapaxes(v_BSGK, 1, 2), mask_BLS, scale)
 
 
+def _attention_dims(q):
+  batch = tuple(range(q.ndim - 2))
+  m = q.ndim - 2  # the row (query) dim; the last dim is the head dim
+  return batch, m
+
+
+def _masked_softmax_forward(q_NMK, k_NSK, v_NSK, mask_NMS, scale: float):
+  batch, m = _attention_dims(q_NMK)
+  logits = jax.lax.dot_general(q_NMK, k_NSK, (((m + 1,), (m + 1,)), (batch, batch)),
+                               preferred_element_type=jnp.float32) * scale
+  probs = jax.nn.softmax(jnp.where(mask_NMS, logits, _MASK_VALUE), axis=-1)
+  out = jax.lax.dot_general(probs.astype(v_NSK.dtype), v_NSK, (((m + 1,), (m,)), (batch, batch)))
+  return out, probs
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def masked_attention(q_NMK, k_NSK, v_NSK, mask_NMS, scale: float):
+  """softmax(where(mask, q k^T * scale, -big)) v over leading batch dims N, queries M, keys S (fp32 softmax).
+
+  Hand-written backward from the saved probabilities (three batched matmuls and one fused elementwise pass),
+  instead of autodiff's chain through the select, the max-subtraction and the normalisation.
+  """
+  return _masked_softmax_forward(q_NMK, k_NSK, v_NSK, mask_NMS, scale)[0]
+
+
+def _masked_attention_fwd(q_NMK, k_NSK, v_NSK, mask_NMS, scale):
+  out, probs = _masked_softmax_forward(q_NMK, k_NSK, v_NSK, mask_NMS, scale)
+  return out, (q_NMK, k_NSK, v_NSK, mask_NMS, probs)
+
+
+def _masked_attention_bwd(scale, res, g_NMK):
+  q_NMK, k_NSK, v_NSK, mask_NMS, probs = res
+  batch, m = _attention_dims(q_NMK)
+  dprobs = jax.lax.dot_general(g_NMK, v_NSK, (((m + 1,), (m + 1,)), (batch, batch)),
+                               preferred_element_type=jnp.float32)
+  # d logits = p * (dp - sum_s p dp); masked logits were constants (a fully masked row's uniform p included).
+  dlogits = jnp.where(mask_NMS, probs * (dprobs - jnp.sum(probs * dprobs, axis=-1, keepdims=True)), 0.0) * scale
+  dlogits = dlogits.astype(q_NMK.dtype)
+  dq = jax.lax.dot_general(dlogits, k_NSK, (((m + 1,), (m,)), (batch, batch)))
+  dk = jax.lax.dot_general(dlogits, q_NMK, (((m,), (m,)), (batch, batch)))
+  dv = jax.lax.dot_general(probs.astype(g_NMK.dtype), g_NMK, (((m,), (m,)), (batch, batch)))
+  return dq, dk, dv, None
+
+
+masked_attention.defvjp(_masked_attention_fwd, _masked_attention_bwd)
+
+
 def cache_attention(q_BLHK, k_BGSK, v_BGSK, mask_BLS, scale: float) -> jnp.ndarray:
   """Grouped-query attention over keys and values laid out [B, G, S, K] (the KV cache's layout, ops/kv_cache.py):
   query head h reads KV head h // (H / G). Returns [B, L, H, K]."""
   b, l, h, kd = q_BLHK.shape
   g, s = k_BGSK.shape[1], k_BGSK.shape[2]
   r = h // g
-  # Explicit dot_generals with (b, g) batch dims and the queries' (r, l) as one row dim: both products are then
-  # plain batched matmuls over operands as they lie (no transposed copy of the keys or values).
+  # Batch dims (b, g) and the queries' (r, l) as one row dim: both products are then plain batched matmuls over
+  # operands as they lie (no transposed copy of the keys or values).
   q_BGMK = jnp.transpose(q_BLHK.reshape(b, l, g, r, kd), (0, 2, 3, 1, 4)).reshape(b, g, r * l, kd)
-  logits = jax.lax.dot_general(q_BGMK, k_BGSK, (((3,), (3,)), ((0, 1), (0, 1))),
-                               preferred_element_type=jnp.float32).reshape(b, g, r, l, s) * scale
-  logits = jnp.where(mask_BLS[:, None, None, :, :], logits, _MASK_VALUE)
-  probs_BGMS = jax.nn.softmax(logits, axis=-1).astype(v_BGSK.dtype).reshape(b, g, r * l, s)
-  out_BGMK = jax.lax.dot_general(probs_BGMS, v_BGSK, (((3,), (2,)), ((0, 1), (0, 1))))
+  mask_B1MS = jnp.broadcast_to(mask_BLS[:, None, None], (b, 1, r, l, s)).reshape(b, 1, r * l, s)
+  out_BGMK = masked_attention(q_BGMK, k_BGSK, v_BGSK, mask_B1MS, scale)
   return jnp.transpose(out_BGMK.reshape(b, g, r, l, kd), (0, 3, 1, 2, 4)).reshape(b, l, h, kd)
 
 
@@ -99,10 +145,12 @@ def chunked_self_attention(q_BLHK, k_BLGK, v_BLGK, positions_BL, segment_ids_BL,
   mask_BNQS = mask.reshape(b, n, c, 2 * c)
 
   def band(q, k, v, m):  # [B, ..., C, G, R, K] queries against their [B, ..., 2C, G, K] band
-    logits = jnp.einsum("b...qgrk,b...sgk->b...grqs", q, k, preferred_element_type=jnp.float32) * scale
-    logits = jnp.where(m[..., None, None, :, :], logits, _MASK_VALUE)
-    probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-    return jnp.einsum("b...grqs,b...sgk->b...qgrk", probs, v)
+    *lead, cq, gq, rq, kq = q.shape
+    q_GMK = jnp.moveaxis(q, -4, -2).reshape(*lead, gq, rq * cq, kq)  # [..., G, (R, C), K]
+    k_GSK, v_GSK = jnp.swapaxes(k, -3, -2), jnp.swapaxes(v, -3, -2)  # [..., G, 2C, K]
+    m_1MS = jnp.broadcast_to(m[..., None, :, :], (*lead, rq, cq, m.shape[-1])).reshape(*lead, 1, rq * cq, -1)
+    out = masked_attention(q_GMK, k_GSK, v_GSK, m_1MS, scale).reshape(*lead, gq, rq, cq, kq)
+    return jnp.moveaxis(out, -2, -4)  # [..., C, G, R, K]
 
   if n > 2 and l > 2 * QUERY_BLOCK:
     # Long rows: one chunk at a time, recomputed in the backward pass, so only one chunk's [C, 2C] logits are live

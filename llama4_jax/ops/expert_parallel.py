@@ -143,6 +143,9 @@ def moe_expert_parallel(par: Parallel, x_TD, scores_TK, experts_TK, gate_up_EDCF
     # The weights are the same on every data / fsdp shard; marking them varying there makes their gradient a psum
     # over those axes at this boundary (and lets custom-VJP kernels see matching types).
     gate_up_EDCF, down_EFD = jax.lax.pcast((gate_up_EDCF, down_EFD), ("data", "fsdp"), to="varying")
+    # Likewise the tokens are the same on every tensor shard, where each shard computes a partial sum over its slice of
+    # the expert width: varying there, their gradient is the psum of those partial input gradients.
+    x_TD, scores_TK = jax.lax.pcast((x_TD, scores_TK), ("tensor",), to="varying")
     if ep == 1:
       y_TD, dropped = dispatch(impl, x_TD, scores_TK, experts_TK, gate_up_EDCF, down_EFD, interpret=interpret,
                                capacity_factor=local_capacity_factor)

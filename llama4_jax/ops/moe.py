@@ -137,48 +137,99 @@ def _take_rows_bwd(res, g_RD):
 _take_rows.defvjp(_take_rows_fwd, _take_rows_bwd)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _expert_weights_per_block(w_E, block_expert_N, num_experts: int):
-  """w[block_expert]: each block's expert weights. Blocks are sorted by expert, so the gradient is a sorted segment
-  sum over blocks (cheaper on CPU than the transposed one-hot matmul autodiff would build)."""
-  del num_experts
-  return w_E[block_expert_N]
+def _block_rows(a_RX, n, block: int):
+  return jax.lax.dynamic_slice_in_dim(a_RX, n * block, block)
 
 
-def _expert_weights_fwd(w_E, block_expert_N, num_experts):
-  return w_E[block_expert_N], block_expert_N
+def _over_used_blocks(body, init, num_used):
+  """fori_loop of `body` over blocks [0, num_used) (num_used >= 1) with block 0 peeled off, so that the carry has
+  the body's output types: inside a shard_map those vary over more mesh axes than freshly made zeros do."""
+  return jax.lax.fori_loop(1, num_used, body, body(0, init))
 
 
-def _expert_weights_bwd(num_experts, block_expert_N, g_N):
-  return jax.ops.segment_sum(g_N, block_expert_N, num_segments=num_experts, indices_are_sorted=True), None
+def _expert_blocks_forward(x_RD, block_expert_N, num_used, gate_up_EDCF, down_EFD, block: int):
+  """Runs only the `num_used` leading blocks (a loop with a traced trip count): each block's rows through its own
+  expert's weights, read in place. Returns the outputs and the gate/up pre-activations (kept for the backward)."""
+  f = gate_up_EDCF.shape[-1]
+
+  def body(n, carry):
+    y_RD, h_RCF = carry
+    e = block_expert_N[n]
+    h_BCF = jnp.einsum("bd,dcf->bcf", _block_rows(x_RD, n, block), gate_up_EDCF[e])
+    y_BD = swiglu(h_BCF) @ down_EFD[e]
+    return (jax.lax.dynamic_update_slice_in_dim(y_RD, y_BD, n * block, 0),
+            jax.lax.dynamic_update_slice_in_dim(h_RCF, h_BCF, n * block, 0))
+
+  init = (jnp.zeros_like(x_RD), jnp.zeros((x_RD.shape[0], 2, f), x_RD.dtype))
+  return _over_used_blocks(body, init, num_used)
 
 
-_expert_weights_per_block.defvjp(_expert_weights_fwd, _expert_weights_bwd)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
+def _expert_blocks(x_RD, block_expert_N, num_used, gate_up_EDCF, down_EFD, block: int):
+  """y[rows of block n] = expert_ffn(block_expert[n], x[rows of block n]) for n < num_used; zero elsewhere."""
+  return _expert_blocks_forward(x_RD, block_expert_N, num_used, gate_up_EDCF, down_EFD, block)[0]
 
 
-def moe_blocked(x_TD, scores_TK, experts_TK, gate_up_EDCF, down_EFD, block: int = 128):
-  """Dropless sort-based dispatch as dense batched matmuls over expert-pure row blocks.
+def _expert_blocks_fwd(x_RD, block_expert_N, num_used, gate_up_EDCF, down_EFD, block):
+  y_RD, h_RCF = _expert_blocks_forward(x_RD, block_expert_N, num_used, gate_up_EDCF, down_EFD, block)
+  return y_RD, (x_RD, block_expert_N, num_used, gate_up_EDCF, down_EFD, h_RCF)
 
-  On CPU `ragged_dot` costs about as much as running every expert on every token; selecting each block's expert
-  weights (a gather, whose gradient is a sorted segment sum) and doing one batched matmul keeps the cost close to
-  that of the active FLOPs plus less than one block of padding per expert.
+
+def _expert_blocks_bwd(block, res, g_RD):
+  """The same loop backwards over the used blocks: each block's weight gradient is added into its expert's slot (in
+  float32) and its input gradient written to its rows; weights are read in place, never gathered per block."""
+  x_RD, block_expert_N, num_used, gate_up_EDCF, down_EFD, h_RCF = res
+
+  def body(n, carry):
+    dx_RD, dgate_up, ddown = carry
+    e = block_expert_N[n]
+    x_BD, h_BCF, g_BD = (_block_rows(a, n, block) for a in (x_RD, h_RCF, g_RD))
+    ddown = ddown.at[e].add(jnp.einsum("bf,bd->fd", swiglu(h_BCF), g_BD).astype(jnp.float32))
+    (dh_BCF,) = _swiglu_bwd(h_BCF, g_BD @ down_EFD[e].T)
+    dgate_up = dgate_up.at[e].add(jnp.einsum("bd,bcf->dcf", x_BD, dh_BCF).astype(jnp.float32))
+    dx_BD = jnp.einsum("bcf,dcf->bd", dh_BCF, gate_up_EDCF[e])
+    return jax.lax.dynamic_update_slice_in_dim(dx_RD, dx_BD, n * block, 0), dgate_up, ddown
+
+  init = (jnp.zeros_like(x_RD), jnp.zeros(gate_up_EDCF.shape, jnp.float32), jnp.zeros(down_EFD.shape, jnp.float32))
+  dx_RD, dgate_up, ddown = _over_used_blocks(body, init, num_used)
+  return dx_RD, None, None, dgate_up.astype(gate_up_EDCF.dtype), ddown.astype(down_EFD.dtype)
+
+
+_expert_blocks.defvjp(_expert_blocks_fwd, _expert_blocks_bwd)
+
+
+def block_rows_for(num_assignments: int, num_experts: int, block: int | None = None) -> int:
+  """Rows per expert block: `block` if given, else the power of two (32 to 128) nearest above the mean number of
+  assignments per expert, so that few-token experts (many experts, small batches) are not padded to 128 rows."""
+  if block is None:
+    mean = max(1, -(-num_assignments // num_experts))
+    block = min(128, max(32, 1 << (mean - 1).bit_length()))
+  return max(1, min(block, num_assignments))
+
+
+def moe_blocked(x_TD, scores_TK, experts_TK, gate_up_EDCF, down_EFD, block: int | None = None):
+  """Dropless sort-based dispatch over expert-pure row blocks, looping over the blocks actually used.
+
+  Assignments are sorted by expert and each expert's group padded to whole blocks; a loop with a traced trip count
+  then runs only the used blocks, each one as two small matmuls against its expert's weights read in place (the
+  backward is the same loop, accumulating each expert's weight gradient in its slot). Compute follows the tokens,
+  never every expert on every token (`ragged_dot` on CPU) and without a copy of the weights per block.
   """
   t, k = experts_TK.shape
   d, e = x_TD.shape[1], gate_up_EDCF.shape[0]
   order_A, inverse_A, group_sizes_E = sort_assignments(experts_TK, e)
-  block = max(1, min(block, t * k))
+  block = block_rows_for(t * k, e, block)
   source_R, block_expert_N = block_layout(group_sizes_E, t * k, block)
+  num_used = jnp.sum(-(-group_sizes_E // block)).astype(jnp.int32)
   # Inverse of the padded layout: the padded row of each sorted assignment.
   rows_R = jnp.arange(source_R.shape[0], dtype=jnp.int32)
   dest_A = jnp.zeros((t * k,), jnp.int32).at[jnp.maximum(source_R, 0)].max(jnp.where(source_R >= 0, rows_R, 0))
   # token-slot a = t * k + j; sorted position p holds assignment order_A[p].
   x_AD = jnp.repeat(x_TD, k, axis=0) * scores_TK.reshape(-1, 1)
-  x_RD = _take_rows(x_AD, jnp.where(source_R >= 0, order_A[jnp.maximum(source_R, 0)], -1), dest_A[inverse_A])
-  select = lambda w: _expert_weights_per_block(w, block_expert_N, e)  # noqa: E731
-  x_NBD = x_RD.reshape(-1, block, d)
-  h_NBF = _swiglu(jnp.einsum("nbd,ndcf->nbcf", x_NBD, select(gate_up_EDCF)))
-  y_RD = jnp.einsum("nbf,nfd->nbd", h_NBF, select(down_EFD)).reshape(-1, d)
-  y_AD = _take_rows(y_RD, dest_A[inverse_A], jnp.where(source_R >= 0, order_A[jnp.maximum(source_R, 0)], -1))
+  assignment_R = jnp.where(source_R >= 0, order_A[jnp.maximum(source_R, 0)], -1)
+  x_RD = _take_rows(x_AD, assignment_R, dest_A[inverse_A])
+  y_RD = _expert_blocks(x_RD, block_expert_N, num_used, gate_up_EDCF, down_EFD, block)
+  y_AD = _take_rows(y_RD, dest_A[inverse_A], assignment_R)
   return y_AD.reshape(t, k, d).sum(axis=1)
 
 

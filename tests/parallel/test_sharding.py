@@ -21,7 +21,7 @@ from llama4_jax.train.step import LossConfig, init_state, synthetic_batch, train
 from tests.conftest import tiny_config
 from configs import base as base_configs
 
-MESHES = ["data=8", "fsdp=8", "data=2,expert=4", "expert=8", "fsdp=2,expert=2,tensor=2"]
+MESHES = ["data=8", "fsdp=8", "data=2,expert=4", "expert=8", "fsdp=2,expert=2,tensor=2", "data=4,tensor=2"]
 BATCH, SEQ = 8, 20  # > 2 attention chunks of 8
 
 

@@ -7,7 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from llama4_jax.ops.attention import attention_mask, dot_product_attention, self_attention_masks, temperature_scale
+from llama4_jax.ops.attention import (attention_mask, dot_product_attention, masked_attention, self_attention_masks,
+                                      temperature_scale)
 
 
 def _packed_row(doc_lengths, pad=0):
@@ -230,3 +231,35 @@ def test_query_blocked_attention_keeps_memory_linear_in_length():
   small, large = (temp_bytes(blocked, l) for l in (1024, 4096))
   assert large < 6 * small  # 4x the length: linear growth (the dense one grows ~16x)
   assert temp_bytes(dense, 4096) > 10 * temp_bytes(dense, 1024)
+
+
+@pytest.mark.parametrize("dtype, tol", [(jnp.float32, 1e-5), (jnp.bfloat16, 2e-2)])
+def test_masked_attention_gradient_equals_autodiff_of_the_formula(dtype, tol):
+  """The hand-written backward against autodiff of softmax(where(mask, q k^T s, min)) v, with a fully masked row
+  (padding: uniform weights, no gradient through the constant logits) and leading batch dims."""
+  rs = np.random.RandomState(3)
+  n1, n2, m, s, k = 2, 3, 5, 7, 4
+  q, kk, v, w = (jnp.asarray(rs.randn(n1, n2, *shape).astype(np.float32)) for shape in ((m, k), (s, k), (s, k), (m, k)))
+  mask = rs.rand(n1, 1, m, s) > 0.4
+  mask[0, 0, 2] = False  # a fully masked row
+  mask[:, :, :, 0] = np.where(np.arange(m) == 2, mask[:, :, :, 0], True)  # every other row sees at least key 0
+  mask = jnp.asarray(mask)
+  scale = 0.37
+
+  def formula(q, kk, v):
+    logits = jnp.einsum("abmk,absk->abms", q.astype(jnp.float32), kk.astype(jnp.float32)) * scale
+    probs = jax.nn.softmax(jnp.where(mask, logits, jnp.finfo(jnp.float32).min), axis=-1)
+    return jnp.einsum("abms,absk->abmk", probs, v.astype(jnp.float32))
+
+  args = tuple(a.astype(dtype) for a in (q, kk, v))
+  out, pullback = jax.vjp(lambda *a: masked_attention(*a, mask, scale), *args)
+  ref, ref_pullback = jax.vjp(formula, q, kk, v)
+  np.testing.assert_allclose(np.asarray(out, np.float32), np.asarray(ref), atol=tol, rtol=tol)
+  uniform = np.asarray(v[0, 0].astype(dtype), np.float32).mean(0)  # the masked row: uniform over the keys
+  np.testing.assert_allclose(np.asarray(out[0, 0, 2], np.float32), uniform, atol=tol, rtol=tol)
+  grads, ref_grads = pullback(w.astype(dtype)), ref_pullback(w)
+  for name, g, r in zip("qkv", grads, ref_grads):
+    assert g.dtype == dtype
+    scale_r = float(jnp.abs(r).max())
+    np.testing.assert_allclose(np.asarray(g, np.float32), np.asarray(r), atol=tol * scale_r, rtol=tol, err_msg=name)
+  assert float(jnp.abs(grads[0][0, 0, 2]).max()) == 0.0  # the fully masked row's query gets no gradient

@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from llama4_jax.ops.moe import (load_statistics, moe_blocked, moe_dense, moe_gathered, moe_sort as _moe_sort, route,
-                                sort_assignments)
+from llama4_jax.ops.moe import (block_rows_for, load_statistics, moe_blocked, moe_dense, moe_gathered,
+                                moe_sort as _moe_sort, route, sort_assignments)
 
 
 # The tests keep separate gate / up weights; the ops take them fused as [E, D, 2, F].
@@ -123,6 +123,46 @@ def test_sort_equals_dense_with_empty_groups():
   for g in grads_sort[2:]:
     assert np.all(np.asarray(g)[unused] == 0)
     assert np.abs(np.asarray(g)[[2, 5]]).max() > 0
+
+
+def test_blocked_block_rows_follow_tokens_per_expert():
+  assert block_rows_for(2048, 8) == 128  # 256 assignments per expert: full blocks
+  assert block_rows_for(2048, 32) == 64
+  assert block_rows_for(2048, 128) == 32  # 16 per expert: not padded to 128 rows each
+  assert block_rows_for(12, 3) == 12  # never more rows than assignments
+  assert block_rows_for(2048, 8, block=16) == 16
+
+
+@pytest.mark.parametrize("dtype, tol", [(jnp.float32, 1e-4), (jnp.bfloat16, 3e-2)])
+def test_blocked_default_blocks_match_dense_with_partial_blocks(dtype, tol):
+  """Default block size over several full and partial blocks per expert (T * k = 600, E = 4 -> 128-row blocks):
+  outputs and all gradients equal the dense oracle; in bf16 the weight gradients are summed over blocks in fp32."""
+  rs = np.random.RandomState(9)
+  t, d, f, e, k = 300, 16, 8, 4, 2
+  x_TD = jnp.asarray(rs.randn(t, d).astype(np.float32))
+  router_DE = jnp.asarray(rs.randn(d, e).astype(np.float32))
+  gate, up, down = _weights(rs, e, d, f, scale=0.3)
+  w_TD = jnp.asarray(rs.randn(t, d).astype(np.float32))
+  assert block_rows_for(t * k, e) == 128
+
+  scores_TK, experts_TK, _ = route(x_TD, router_DE, k)  # one routing for both (bf16 logits could tie differently)
+
+  def vjp(impl, dt):
+    def moe(x, g, u, dn):
+      return impl(x, scores_TK.astype(dt), experts_TK, g, u, dn)
+    args = tuple(a.astype(dt) for a in (x_TD, gate, up, down))
+    fwd, pullback = jax.vjp(moe, *args)
+    return fwd, pullback(w_TD.astype(dt))
+
+  fwd_b, grads_b = jax.jit(lambda: vjp(_fused(moe_blocked), dtype))()
+  fwd_d, grads_d = jax.jit(lambda: vjp(moe_dense, jnp.float32))()
+  scale = float(jnp.abs(fwd_d).max())
+  np.testing.assert_allclose(np.asarray(fwd_b, np.float32), np.asarray(fwd_d), atol=tol * scale, rtol=tol)
+  for name, gb, gd in zip(("x", "gate", "up", "down"), grads_b, grads_d):
+    assert gb.dtype == dtype
+    gscale = float(jnp.abs(gd).max())
+    np.testing.assert_allclose(np.asarray(gb, np.float32), np.asarray(gd), atol=tol * gscale, rtol=tol,
+                               err_msg=name)
 
 
 def test_score_scales_the_expert_input_not_its_output():
