@@ -97,8 +97,8 @@ class ModelConfig:
   remat_policy: str = "none"
   scan_unroll: int = 1  # super-blocks per scan iteration; > 1 trades compile time for less loop overhead
   # Set from the experiment's `kernels.moe`: 'ragged_dot' (jax.lax.ragged_dot over expert-sorted rows, the
-  # accelerator path), 'blocked' (expert-pure row blocks, a loop over the used ones: the fast CPU path), 'dense' (one-hot
-  # oracle), 'pallas' (pallas_kernels/grouped_matmul), 'capacity' (fixed capacity per expert, drops the excess),
+  # accelerator path), 'blocked' (expert-pure row blocks, a loop over the used ones: the fast CPU path), 'dense'
+  # (one-hot oracle), 'pallas' (pallas_kernels/grouped_matmul), 'capacity' (fixed capacity per expert, drops the excess),
   # 'gathered' (each token's expert weights gathered per token: few-token decode steps).
   moe_impl: str = "ragged_dot"
   moe_capacity_factor: float = 1.25  # `kernels.capacity_factor`, for moe_impl='capacity' only
