@@ -12,12 +12,13 @@ from llama4_jax.config import VisionConfig
 from llama4_jax.convert.hf import save_hf
 from llama4_jax.model import init_params
 from tests.conftest import tiny_config
+from tests.integration import subprocess_env
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def run_generate(*args):
-  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
+  env = subprocess_env()
   proc = subprocess.run([sys.executable, "-m", "llama4_jax.generate", *args], cwd=REPO, env=env,
                         capture_output=True, text=True, timeout=300)
   return proc.returncode, proc.stdout, proc.stderr

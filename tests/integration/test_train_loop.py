@@ -16,6 +16,7 @@ from llama4_jax.train import data as train_data
 from llama4_jax.train.checkpoint import CheckpointMismatchError
 from llama4_jax.train.loop import train_and_evaluate
 from llama4_jax.train.metrics import read_metrics
+from tests.integration import subprocess_env
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -33,7 +34,7 @@ SMOKE = "configs/default.py:smoke"
 
 def _main(workdir, *extra, wait=True):
   cmd = [sys.executable, "-m", "llama4_jax.main", f"--config={SMOKE}", f"--workdir={workdir}", *extra]
-  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
+  env = subprocess_env()
   proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
   if wait:
     out, _ = proc.communicate(timeout=600)
