@@ -147,9 +147,10 @@ def _over_used_blocks(body, init, num_used):
   return jax.lax.fori_loop(1, num_used, body, body(0, init))
 
 
-def _expert_blocks_forward(x_RD, block_expert_N, num_used, gate_up_EDCF, down_EFD, block: int):
+def _expert_blocks_forward(x_RD, block_expert_N, num_used, gate_up_EDCF, down_EFD, block: int, keep: bool):
   """Runs only the `num_used` leading blocks (a loop with a traced trip count): each block's rows through its own
-  expert's weights, read in place. Returns the outputs and the gate/up pre-activations (kept for the backward)."""
+  expert's weights, read in place. Returns the outputs and, with `keep`, the gate/up pre-activations (for the
+  backward; None otherwise)."""
   f = gate_up_EDCF.shape[-1]
 
   def body(n, carry):
@@ -157,21 +158,22 @@ def _expert_blocks_forward(x_RD, block_expert_N, num_used, gate_up_EDCF, down_EF
     e = block_expert_N[n]
     h_BCF = jnp.einsum("bd,dcf->bcf", _block_rows(x_RD, n, block), gate_up_EDCF[e])
     y_BD = swiglu(h_BCF) @ down_EFD[e]
-    return (jax.lax.dynamic_update_slice_in_dim(y_RD, y_BD, n * block, 0),
-            jax.lax.dynamic_update_slice_in_dim(h_RCF, h_BCF, n * block, 0))
+    if keep:
+      h_RCF = jax.lax.dynamic_update_slice_in_dim(h_RCF, h_BCF, n * block, 0)
+    return jax.lax.dynamic_update_slice_in_dim(y_RD, y_BD, n * block, 0), h_RCF
 
-  init = (jnp.zeros_like(x_RD), jnp.zeros((x_RD.shape[0], 2, f), x_RD.dtype))
+  init = (jnp.zeros_like(x_RD), jnp.zeros((x_RD.shape[0], 2, f), x_RD.dtype) if keep else None)
   return _over_used_blocks(body, init, num_used)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
 def _expert_blocks(x_RD, block_expert_N, num_used, gate_up_EDCF, down_EFD, block: int):
   """y[rows of block n] = expert_ffn(block_expert[n], x[rows of block n]) for n < num_used; zero elsewhere."""
-  return _expert_blocks_forward(x_RD, block_expert_N, num_used, gate_up_EDCF, down_EFD, block)[0]
+  return _expert_blocks_forward(x_RD, block_expert_N, num_used, gate_up_EDCF, down_EFD, block, keep=False)[0]
 
 
 def _expert_blocks_fwd(x_RD, block_expert_N, num_used, gate_up_EDCF, down_EFD, block):
-  y_RD, h_RCF = _expert_blocks_forward(x_RD, block_expert_N, num_used, gate_up_EDCF, down_EFD, block)
+  y_RD, h_RCF = _expert_blocks_forward(x_RD, block_expert_N, num_used, gate_up_EDCF, down_EFD, block, keep=True)
   return y_RD, (x_RD, block_expert_N, num_used, gate_up_EDCF, down_EFD, h_RCF)
 
 
