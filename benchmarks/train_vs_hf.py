@@ -2,6 +2,7 @@
 
     python benchmarks/train_vs_hf.py --config=configs/base.py:tiny --rounds=10             # train steps
     python benchmarks/train_vs_hf.py --mode=forward --rounds=10                             # forward only
+    python benchmarks/train_vs_hf.py --config.model.dtype=bfloat16 --hf_compute=bfloat16    # bf16 compute, both
 
 Same weights on both sides: our params are exported with `llama4_jax.save_hf` and loaded by
 `transformers.Llama4ForCausalLM.from_pretrained` (fp32, sdpa attention, `torch.set_num_threads(2)`). Before anything
@@ -46,6 +47,9 @@ SEQ = flags.DEFINE_integer("seq", 256, "tokens per row (0: config.data.seq_len)"
 ROUNDS = flags.DEFINE_integer("rounds", 10, "alternating timed rounds (one step of each side per round)")
 WARMUP = flags.DEFINE_integer("warmup", 2, "untimed steps of each side after our compile")
 THREADS = flags.DEFINE_integer("torch_threads", 2, "torch.set_num_threads")
+HF_COMPUTE = flags.DEFINE_enum("hf_compute", "float32", ["float32", "bfloat16"],
+                               "Hugging Face compute dtype: bfloat16 runs its forward (and so its backward) under "
+                               "torch.autocast on fp32 weights, the analogue of --config.model.dtype=bfloat16")
 
 
 def load_hf_model(model_cfg, params, directory: str):
@@ -66,16 +70,19 @@ def hf_optimizer(model, optim_cfg):
                            eps=optim_cfg.eps)
 
 
-def hf_steps(model, batch, optim_cfg, mode: str):
+def hf_steps(model, batch, optim_cfg, mode: str, compute: str = "float32"):
   """A function running one Hugging Face step (train: returns the loss; forward: None)."""
+  import contextlib
   import torch
   inputs = torch.from_numpy(batch["inputs"]).long()
   targets = torch.from_numpy(batch["targets"]).long()
+  autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if compute == "bfloat16" else (
+      contextlib.nullcontext)
   if mode == "forward":
     model.eval()
 
     def forward_step():
-      with torch.no_grad():
+      with torch.no_grad(), autocast():
         model(input_ids=inputs).logits
       return None
     return forward_step
@@ -83,7 +90,8 @@ def hf_steps(model, batch, optim_cfg, mode: str):
   opt = hf_optimizer(model, optim_cfg)
 
   def train_step_hf():
-    logits = model(input_ids=inputs).logits
+    with autocast():
+      logits = model(input_ids=inputs).logits.float()
     loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
     return hf_update(model, opt, loss, optim_cfg.clip_norm)
   return train_step_hf
@@ -152,7 +160,7 @@ def main(argv):
   del ours_logits, hf_logits
 
   ours = our_steps(config, model_cfg, params, batch, MODE.value)
-  hf = hf_steps(hf_model, batch, config.optim, MODE.value)
+  hf = hf_steps(hf_model, batch, config.optim, MODE.value, HF_COMPUTE.value)
   compile_s, our_first_loss = timed(ours)  # compile + first step, then the first HF step on the same weights
   _, hf_first_loss = timed(hf)
   for _ in range(max(WARMUP.value - 1, 0)):
@@ -166,7 +174,8 @@ def main(argv):
   our_s, hf_s = statistics.median(our_times), statistics.median(hf_times)
   print(json.dumps({
       "benchmark": "train_vs_hf", "mode": MODE.value, "preset": config.get("preset", "?"),
-      "moe_impl": model_cfg.moe_impl, "batch": batch_size, "seq": seq_len, "rounds": ROUNDS.value,
+      "moe_impl": model_cfg.moe_impl, "our_compute": str(model_cfg.dtype), "hf_compute": HF_COMPUTE.value,
+      "batch": batch_size, "seq": seq_len, "rounds": ROUNDS.value,
       "our_median_step_s": round(our_s, 4), "hf_median_step_s": round(hf_s, 4),
       "our_tokens_per_s": round(tokens / our_s, 1), "hf_tokens_per_s": round(tokens / hf_s, 1),
       "ratio_hf_over_ours": round(hf_s / our_s, 3), "our_step": (

@@ -14,6 +14,7 @@ from llama4_jax.config import ModelConfig
 from llama4_jax.model.layers import declare, rms_normalize
 from llama4_jax.model.rope import apply_rope
 from llama4_jax.ops import kv_cache as kv_cache_ops
+from llama4_jax.ops.linear import linear
 from llama4_jax.ops.attention import (QUERY_BLOCK, cache_attention, chunked_self_attention, dot_product_attention,
                                       pallas_self_attention, query_blocked_attention, temperature_scale)
 from llama4_jax.sharding import BATCH_AXES
@@ -35,9 +36,9 @@ class Attention(nn.Module):
     wk = declare(self, "k", (d, g, k), ("embed", "kv_heads", "head_dim"), cfg).astype(dt)
     wv = declare(self, "v", (d, g, k), ("embed", "kv_heads", "head_dim"), cfg).astype(dt)
     wo = declare(self, "o", (h, k, d), ("heads", "head_dim", "embed"), cfg).astype(dt)
-    q_BLHK = jnp.einsum("bld,dhk->blhk", x_BLD, wq)
-    k_BLGK = jnp.einsum("bld,dgk->blgk", x_BLD, wk)
-    v_BLGK = jnp.einsum("bld,dgk->blgk", x_BLD, wv)
+    q_BLHK = linear(x_BLD, wq)
+    k_BLGK = linear(x_BLD, wk)
+    v_BLGK = linear(x_BLD, wv)
     if self.use_rope:
       cos, sin = cos_sin
       q_BLHK, k_BLGK = apply_rope(q_BLHK, cos, sin), apply_rope(k_BLGK, cos, sin)
@@ -53,7 +54,7 @@ class Attention(nn.Module):
       new_cache, mask = kv_cache_ops.update_layer(kv_cache, k_BLGK, v_BLGK, meta, ring, chunk)
       out_BLHK = cache_attention(q_BLHK, new_cache["k"].astype(dt), new_cache["v"].astype(dt), mask,
                                  scale=k ** -0.5)
-      return jnp.einsum("blhk,hkd->bld", out_BLHK, wo), new_cache
+      return linear(out_BLHK, wo, 2), new_cache
     if cfg.attention_impl == "pallas":
       kernel = functools.partial(pallas_self_attention, chunk_size=chunk if self.use_rope else None,
                                  scale=k ** -0.5, interpret=cfg.kernel_interpret)
@@ -68,4 +69,4 @@ class Attention(nn.Module):
       out_BLHK = query_blocked_attention(q_BLHK, k_BLGK, v_BLGK, segment_ids_BL, k ** -0.5)
     else:
       out_BLHK = dot_product_attention(q_BLHK, k_BLGK, v_BLGK, mask_BLL, scale=k ** -0.5)
-    return jnp.einsum("blhk,hkd->bld", out_BLHK, wo)
+    return linear(out_BLHK, wo, 2)

@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from llama4_jax.config import ModelConfig
+from llama4_jax.ops.linear import linear
 from llama4_jax.ops.moe import swiglu
 
 
@@ -54,4 +55,4 @@ class MLP(nn.Module):
     # gate and up stored together ([D, 2, F]): one matmul, and on CPU a much cheaper backward than two.
     gate_up = declare(self, "gate_up", (d, 2, self.width), ("embed", None, self.axis), cfg).astype(x_BLD.dtype)
     down = declare(self, "down", (self.width, d), (self.axis, "embed"), cfg).astype(x_BLD.dtype)
-    return swiglu(jnp.einsum("bld,dcf->blcf", x_BLD, gate_up)) @ down
+    return linear(swiglu(linear(x_BLD, gate_up)), down)

@@ -24,6 +24,7 @@ from llama4_jax.model.rope import inverse_frequencies, rope_cos_sin
 from llama4_jax.model.vision import VisionEncoder, merge_image_features
 from llama4_jax.ops import kv_cache as kv_cache_ops
 from llama4_jax.ops.attention import self_attention_masks
+from llama4_jax.ops.linear import linear
 from llama4_jax.sharding import ACTIVATION_SPEC, BATCH_AXES, EMBED_TABLE_SPEC
 
 REMAT_POLICIES = {
@@ -174,7 +175,7 @@ class Transformer(nn.Module):
       x_BLD = jnp.take_along_axis(x_BLD, logits_at_B[:, None, None].astype(jnp.int32), axis=1)
     x_BLD = RMSNorm(cfg, name="final_norm")(x_BLD)
     head = declare(self, "lm_head", (cfg.hidden_size, cfg.vocab_size), ("embed", "vocab"), cfg)
-    logits_BLV = jnp.einsum("bld,dv->blv", x_BLD, head.astype(dt), preferred_element_type=jnp.float32)
+    logits_BLV = linear(x_BLD, head.astype(dt), 1, jnp.float32)
     if kv_cache is not None:
       return logits_BLV, {"moe": stats}, kv_cache
     return logits_BLV, {"moe": stats}

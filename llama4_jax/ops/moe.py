@@ -16,6 +16,8 @@ import math
 import jax
 import jax.numpy as jnp
 
+from llama4_jax.ops.linear import matmul_nt, matmul_tn
+
 
 def route(x_TD, router_DE, top_k: int):
   """Returns (scores_TK in x.dtype, experts_TK int32, logits_TE)."""
@@ -151,13 +153,15 @@ def _expert_blocks_forward(x_RD, block_expert_N, num_used, gate_up_EDCF, down_EF
   """Runs only the `num_used` leading blocks (a loop with a traced trip count): each block's rows through its own
   expert's weights, read in place. Returns the outputs and, with `keep`, the gate/up pre-activations (for the
   backward; None otherwise)."""
-  f = gate_up_EDCF.shape[-1]
+  d, f = gate_up_EDCF.shape[1], gate_up_EDCF.shape[-1]
 
   def body(n, carry):
     y_RD, h_RCF = carry
     e = block_expert_N[n]
-    h_BCF = jnp.einsum("bd,dcf->bcf", _block_rows(x_RD, n, block), gate_up_EDCF[e])
-    y_BD = swiglu(h_BCF) @ down_EFD[e]
+    # As one [D, 2F] matmul: a 3-D weight operand would keep XLA:CPU from its fast bf16 matmul.
+    h_BCF = jnp.dot(_block_rows(x_RD, n, block), gate_up_EDCF[e].reshape(d, 2 * f),
+                    preferred_element_type=jnp.float32).astype(x_RD.dtype).reshape(-1, 2, f)
+    y_BD = jnp.dot(swiglu(h_BCF), down_EFD[e], preferred_element_type=jnp.float32).astype(x_RD.dtype)
     if keep:
       h_RCF = jax.lax.dynamic_update_slice_in_dim(h_RCF, h_BCF, n * block, 0)
     return jax.lax.dynamic_update_slice_in_dim(y_RD, y_BD, n * block, 0), h_RCF
@@ -182,15 +186,17 @@ def _expert_blocks_bwd(block, res, g_RD):
   float32) and its input gradient written to its rows; weights are read in place, never gathered per block."""
   x_RD, block_expert_N, num_used, gate_up_EDCF, down_EFD, h_RCF = res
 
+  d, f = gate_up_EDCF.shape[1], gate_up_EDCF.shape[-1]
+
   def body(n, carry):
     dx_RD, dgate_up, ddown = carry
     e = block_expert_N[n]
     x_BD, h_BCF, g_BD = (_block_rows(a, n, block) for a in (x_RD, h_RCF, g_RD))
-    ddown = ddown.at[e].add(jnp.einsum("bf,bd->fd", swiglu(h_BCF), g_BD).astype(jnp.float32))
-    (dh_BCF,) = _swiglu_bwd(h_BCF, g_BD @ down_EFD[e].T)
-    dgate_up = dgate_up.at[e].add(jnp.einsum("bd,bcf->dcf", x_BD, dh_BCF).astype(jnp.float32))
-    dx_BD = jnp.einsum("bcf,dcf->bd", dh_BCF, gate_up_EDCF[e])
-    return jax.lax.dynamic_update_slice_in_dim(dx_RD, dx_BD, n * block, 0), dgate_up, ddown
+    ddown = ddown.at[e].add(matmul_tn(swiglu(h_BCF), g_BD))
+    dh_BCF = _swiglu_bwd(h_BCF, matmul_nt(g_BD, down_EFD[e]).astype(x_RD.dtype))[0].reshape(-1, 2 * f)
+    dgate_up = dgate_up.at[e].add(matmul_tn(x_BD, dh_BCF).reshape(d, 2, f))
+    dx_BD = matmul_nt(dh_BCF, gate_up_EDCF[e].reshape(d, 2 * f))
+    return jax.lax.dynamic_update_slice_in_dim(dx_RD, dx_BD.astype(x_RD.dtype), n * block, 0), dgate_up, ddown
 
   init = (jnp.zeros_like(x_RD), jnp.zeros(gate_up_EDCF.shape, jnp.float32), jnp.zeros(down_EFD.shape, jnp.float32))
   dx_RD, dgate_up, ddown = _over_used_blocks(body, init, num_used)

@@ -1,0 +1,80 @@
+"""Projections whose matmuls, forward and backward, are all in the form XLA:CPU's fast matmul library takes.
+
+`linear(x, w, n_in)` contracts the last `n_in` dims of x with the first `n_in` dims of w (x @ W for a weight
+stored input-major), accumulating in float32. Its value is the plain einsum's; only the backward differs in form.
+
+Why: XLA:CPU (jax 0.10) sends a matmul to its fast library (YNNPACK; in bf16 its `avx512_bf16` kernels) only when
+the left operand contracts its last dim and has a row-major layout, and only with float32 accumulation for bf16.
+Any other bf16 matmul is first widened to float32 (bf16 compute then ran at float32 speed), and a float32 one runs
+on a slower fallback. Autodiff of `x @ W` gives the weight gradient as `x^T @ g`, a left operand contracted over
+its first dim; in bf16 it gets a materialised row-major `x^T` instead (one copy, much cheaper than the widened
+matmul). `g @ W^T` (right operand contracted over its last dim) is taken as it lies.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+
+
+def row_major_transpose(a_XMN):
+  """Swaps the last two dims into a materialised row-major array.
+
+  A plain transpose reaches the compiler as a layout change that it folds into the consuming matmul (the slow form
+  above). Going through a size-1 axis gives a transpose the compiler materialises instead; it is still one copy.
+  """
+  *lead, m, n = a_XMN.shape
+  return jnp.swapaxes(a_XMN.reshape(*lead, m, 1, n), -3, -1).reshape(*lead, n, m)
+
+
+def _matmul(a_MK, b_KN):
+  return jnp.dot(a_MK, b_KN, preferred_element_type=jnp.float32)
+
+
+def matmul_tn(a_KM, b_KN):
+  """a.T @ b in float32 (a weight gradient). Below float32, from a materialised a.T: the only form that stays on
+  the bf16 matmul (2-3x faster). In float32 the transposed form is kept: the copy was faster alone, but whole
+  train steps measured no faster with it."""
+  if a_KM.dtype == jnp.float32:
+    return jax.lax.dot_general(a_KM, b_KN, (((0,), (0,)), ((), ())), preferred_element_type=jnp.float32)
+  return _matmul(row_major_transpose(a_KM), b_KN)
+
+
+def matmul_nt(a_MK, b_NK):
+  """a @ b.T in float32 (an input gradient). A right operand contracted over its last dim is a form the fast
+  library takes as it lies (a materialised b.T measured no faster)."""
+  return jax.lax.dot_general(a_MK, b_NK, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def linear(x, w, n_in: int = 1, out_dtype=None):
+  """x[..., *in] @ w[*in, *out] -> [..., *out] in `out_dtype` (default x's), accumulated in float32."""
+  return _linear_fwd(x, w, n_in, out_dtype)[0]
+
+
+def _flat(x, w, n_in):
+  k = math.prod(w.shape[:n_in])
+  if x.shape[x.ndim - n_in:] != w.shape[:n_in]:
+    raise ValueError(f"linear: input dims {x.shape[x.ndim - n_in:]} of x {x.shape} do not match the weight's "
+                     f"{w.shape[:n_in]} (weight {w.shape})")
+  return x.reshape(-1, k), w.reshape(k, -1)
+
+
+def _linear_fwd(x, w, n_in, out_dtype):
+  x_MK, w_KN = _flat(x, w, n_in)
+  y = _matmul(x_MK, w_KN).astype(out_dtype or x.dtype)
+  return y.reshape(*x.shape[:x.ndim - n_in], *w.shape[n_in:]), (x_MK, w_KN, x.shape, w.shape)
+
+
+def _linear_bwd(n_in, out_dtype, res, g):
+  x_MK, w_KN, x_shape, w_shape = res
+  g_MN = g.reshape(x_MK.shape[0], w_KN.shape[1]).astype(x_MK.dtype)
+  dx = matmul_nt(g_MN, w_KN).astype(x_MK.dtype).reshape(x_shape)
+  dw = matmul_tn(x_MK, g_MN).astype(w_KN.dtype).reshape(w_shape)
+  return dx, dw
+
+
+linear.defvjp(_linear_fwd, _linear_bwd)
