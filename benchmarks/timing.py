@@ -9,15 +9,15 @@ import jax
 import jax.numpy as jnp
 
 
-def matmul_gflops(shapes, repeats: int, device=None) -> dict:
-  """Median fp32 GFLOP/s of a jitted matmul per (M, K, N) shape, keyed 'MxKxN' (the host's speed drifts: time it
-  next to the measurement it calibrates)."""
+def matmul_gflops(shapes, repeats: int, device=None, dtype=jnp.float32) -> dict:
+  """Median GFLOP/s of a jitted matmul per (M, K, N) shape, keyed 'MxKxN', on `dtype` operands accumulated in
+  float32 (the host's speed drifts: time it next to the measurement it calibrates)."""
   device = device or jax.devices()[0]
-  mm = jax.jit(jnp.matmul)
+  mm = jax.jit(lambda a, b: jnp.matmul(a, b, preferred_element_type=jnp.float32))
   out = {}
   for m, k, n in shapes:
-    a = jax.device_put(jax.random.normal(jax.random.key(0), (m, k), jnp.float32), device)
-    b = jax.device_put(jax.random.normal(jax.random.key(1), (k, n), jnp.float32), device)
+    a = jax.device_put(jax.random.normal(jax.random.key(0), (m, k), jnp.float32).astype(dtype), device)
+    b = jax.device_put(jax.random.normal(jax.random.key(1), (k, n), jnp.float32).astype(dtype), device)
     mm(a, b).block_until_ready()
     times = []
     for _ in range(repeats):

@@ -4,8 +4,10 @@
 
 Builds exactly what `llama4_jax/train/loop.py` runs (params, the optimizer from `config.optim`, TrainState, the jitted
 `train_step` with the state donated) on a random batch of one document per row, times `--steps` steps after
-`--warmup` untimed ones and prints one JSON line. The fp32 matmul peak is measured in the same process (median of
-repeated jitted 1024x1024x1024 and 2048x256x1024 matmuls, before and after the model, best GFLOP/s), so
+`--warmup` untimed ones and prints one JSON line. The matmul peak in the compute dtype (`config.model.dtype`
+operands, float32 accumulation: the bf16 peak is about twice fp32's on a CPU with avx512_bf16) is measured in the
+same process (median of repeated jitted 1024x1024x1024 and 2048x256x1024 matmuls, before and after the model, best
+GFLOP/s), so
 MFU = model FLOPs per step (llama4_jax/flops.py) / median step time / peak is not skewed by machine noise between
 runs. `--batch` / `--seq` default to the anchors' peer setting (8 x 256); 0 takes config.data.batch_size / seq_len.
 """
@@ -72,8 +74,8 @@ def main(argv):
   del argv
   config = CONFIG.value
   batch_size, seq_len = shape_from(config, BATCH.value, SEQ.value)
-  peak_before = matmul_gflops(PEAK_SHAPES, PEAK_REPEATS.value)
   model_cfg, state, step_fn = build(config)
+  peak_before = matmul_gflops(PEAK_SHAPES, PEAK_REPEATS.value, dtype=model_cfg.dtype)
   batch = jax.device_put(synthetic_batch(model_cfg.vocab_size, batch_size, seq_len))
   key = jax.random.key(config.seed)
   t0 = time.perf_counter()
@@ -81,7 +83,7 @@ def main(argv):
   compile_and_first_s = time.perf_counter() - t0
   first_loss = float(metrics["loss"])
   state, metrics, times = timed_steps(step_fn, state, batch, key, WARMUP.value, STEPS.value)
-  peak_after = matmul_gflops(PEAK_SHAPES, PEAK_REPEATS.value)
+  peak_after = matmul_gflops(PEAK_SHAPES, PEAK_REPEATS.value, dtype=model_cfg.dtype)
   peaks = {k: max(peak_before[k], peak_after[k]) for k in peak_before}
   peak = max(peaks.values())
   step_s = statistics.median(times)
@@ -93,7 +95,7 @@ def main(argv):
       "min_step_s": round(min(times), 4), "max_step_s": round(max(times), 4),
       "tokens_per_s": round(batch_size * seq_len / step_s, 1), "model_gflops_per_step": round(flops["total"] / 1e9, 3),
       "attention_share_of_flops": round(flops["attention"] / flops["total"], 4),
-      "achieved_gflops": round(achieved, 2), "peak_gflops": round(peak, 2),
+      "achieved_gflops": round(achieved, 2), "peak_gflops": round(peak, 2), "peak_dtype": str(model_cfg.dtype),
       "peak_gflops_by_shape": {k: round(v, 2) for k, v in peaks.items()}, "mfu": round(achieved / peak, 4),
       "compile_and_first_step_s": round(compile_and_first_s, 2), "first_loss": round(first_loss, 4),
       "last_loss": round(float(metrics["loss"]), 4), "jax": jax.__version__, "device": str(jax.devices()[0]),
