@@ -1,6 +1,7 @@
 """Sharded model and training on 8 simulated CPU devices equal the single-device results (tests/conftest.py sets
 the device count before JAX starts)."""
 
+import dataclasses
 import functools
 import re
 
@@ -248,3 +249,17 @@ def test_rules_table_splits_each_weight_as_documented():
   # A dimension the axes do not divide stays whole instead of failing (width 30 over fsdp x expert = 4).
   assert sharding.logical_to_mesh(P("embed"), (30,), _mesh("fsdp=2,expert=2,tensor=2")) == P("fsdp")
   assert sharding.logical_to_mesh(P("embed"), (7,), _mesh("fsdp=2,expert=2,tensor=2")) == P(None)
+
+
+def test_bf16_compute_trains_sharded_like_one_device(spec="fsdp=2,expert=2,tensor=2"):
+  """bf16 compute keeps every matmul on XLA:CPU's bf16 kernels (ops/linear.py); partitioned, those matmuls must still
+  compile and run (a bf16 matmul XLA:CPU cannot run in bf16 fails at run time), and train as on one device."""
+  cfg = dataclasses.replace(_cfg(), dtype="bfloat16")
+  params = init_params(cfg, jax.random.key(0))
+  batch = synthetic_batch(cfg.vocab_size, BATCH, SEQ, seed=1)
+  ref_losses, _ = _train(cfg, params, batch, None, steps=3)
+  par = sharding.Parallel(_mesh(spec), "all_to_all", capacity_factor=8.0)
+  losses, dropped = _train(cfg, params, batch, par, steps=3)
+  assert np.all(np.isfinite(losses)) and ref_losses[-1] < ref_losses[0]
+  np.testing.assert_allclose(losses, ref_losses, rtol=2e-2)
+  assert dropped == [0] * 3
