@@ -14,9 +14,9 @@ from llama4_jax.config import ModelConfig
 from llama4_jax.model.layers import declare, rms_normalize
 from llama4_jax.model.rope import apply_rope
 from llama4_jax.ops import kv_cache as kv_cache_ops
-from llama4_jax.ops.linear import linear
 from llama4_jax.ops.attention import (QUERY_BLOCK, cache_attention, chunked_self_attention, dot_product_attention,
                                       pallas_self_attention, query_blocked_attention, temperature_scale)
+from llama4_jax.ops.linear import linear
 from llama4_jax.sharding import BATCH_AXES
 
 

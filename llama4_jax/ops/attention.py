@@ -14,7 +14,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from llama4_jax.ops.linear import row_major_transpose
+from llama4_jax.ops.linear import matmul, matmul_nt, matmul_tn
 
 # Large finite negative instead of -inf so a fully masked row (padding) gives a uniform softmax, not NaN.
 _MASK_VALUE = float(jnp.finfo(jnp.float32).min)
@@ -51,36 +51,19 @@ def dot_product_attention(q_BLHK, k_BSGK, v_BSGK, mask_BLS, scale: float) -> jnp
   return cache_attention(q_BLHK, jnp.swapaxes(k_BSGK, 1, 2), jnp.swapaxes(v_BSGK, 1, 2), mask_BLS, scale)
 
 
-def _bmm(a_NXY, b_NYZ):
-  """Batched a @ b accumulated in float32."""
-  return jax.lax.dot_general(a_NXY, b_NYZ, (((2,), (1,)), ((0,), (0,))), preferred_element_type=jnp.float32)
-
-
-def _bmm_nt(a_NXY, b_NZY):
-  """Batched a @ b^T accumulated in float32."""
-  return jax.lax.dot_general(a_NXY, b_NZY, (((2,), (2,)), ((0,), (0,))), preferred_element_type=jnp.float32)
-
-
-def _bmm_tn(a_NYX, b_NYZ):
-  """Batched a^T @ b in float32; below float32 from a materialised a^T (the form XLA:CPU's bf16 matmul takes, see
-  ops/linear.py)."""
-  if a_NYX.dtype == jnp.float32:
-    return jax.lax.dot_general(a_NYX, b_NYZ, (((1,), (1,)), ((0,), (0,))), preferred_element_type=jnp.float32)
-  return _bmm(row_major_transpose(a_NYX), b_NYZ)
-
-
 def _flat_batch(*arrays):
-  """Leading batch dims as one. The reshape also hands the matmuls operands in a plain row-major layout: XLA:CPU
-  widens a bf16 matmul whose operand is still a transposed view (as the chunked band's are) to float32."""
+  """Leading batch dims as one (for the batched matmuls of ops/linear.py). The reshape also hands them operands in a
+  plain row-major layout: XLA:CPU widens a bf16 matmul whose operand is still a transposed view (as the chunked
+  band's are) to float32."""
   return tuple(a.reshape(-1, *a.shape[-2:]) for a in arrays)
 
 
 def _masked_softmax_forward(q_NMK, k_NSK, v_NSK, mask_NMS, scale: float):
   lead = q_NMK.shape[:-2]
   q, k, v = _flat_batch(q_NMK, k_NSK, v_NSK)
-  logits = _bmm_nt(q, k).reshape(*lead, q.shape[1], k.shape[1]) * scale
+  logits = matmul_nt(q, k).reshape(*lead, q.shape[1], k.shape[1]) * scale
   probs = jax.nn.softmax(jnp.where(mask_NMS, logits, _MASK_VALUE), axis=-1)
-  out = _bmm(probs.reshape(q.shape[0], *probs.shape[-2:]).astype(v.dtype), v)
+  out = matmul(probs.reshape(q.shape[0], *probs.shape[-2:]).astype(v.dtype), v)
   return out.astype(v_NSK.dtype).reshape(*lead, *out.shape[-2:]), probs
 
 
@@ -102,13 +85,13 @@ def _masked_attention_fwd(q_NMK, k_NSK, v_NSK, mask_NMS, scale):
 def _masked_attention_bwd(scale, res, g_NMK):
   q_NMK, k_NSK, v_NSK, mask_NMS, probs = res
   q, k, v, g = _flat_batch(q_NMK, k_NSK, v_NSK, g_NMK.astype(v_NSK.dtype))
-  dprobs = _bmm_nt(g, v).reshape(probs.shape)
+  dprobs = matmul_nt(g, v).reshape(probs.shape)
   # d logits = p * (dp - sum_s p dp); masked logits were constants (a fully masked row's uniform p included).
   dlogits = jnp.where(mask_NMS, probs * (dprobs - jnp.sum(probs * dprobs, axis=-1, keepdims=True)), 0.0) * scale
   dlogits, probs = _flat_batch(dlogits.astype(q.dtype), probs.astype(v.dtype))
-  dq = _bmm(dlogits, k).astype(q.dtype).reshape(q_NMK.shape)
-  dk = _bmm_tn(dlogits, q).astype(k.dtype).reshape(k_NSK.shape)
-  dv = _bmm_tn(probs, g).astype(v.dtype).reshape(v_NSK.shape)
+  dq = matmul(dlogits, k).astype(q.dtype).reshape(q_NMK.shape)
+  dk = matmul_tn(dlogits, q).astype(k.dtype).reshape(k_NSK.shape)
+  dv = matmul_tn(probs, g).astype(v.dtype).reshape(v_NSK.shape)
   return dq, dk, dv, None
 
 

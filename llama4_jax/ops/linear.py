@@ -30,8 +30,15 @@ def row_major_transpose(a_XMN):
   return jnp.swapaxes(a_XMN.reshape(*lead, m, 1, n), -3, -1).reshape(*lead, n, m)
 
 
-def _matmul(a_MK, b_KN):
-  return jnp.dot(a_MK, b_KN, preferred_element_type=jnp.float32)
+def _batch(a, b):
+  """Dot batch dims: the leading one when both operands are [N, ., .], none for matrices."""
+  return ((0,), (0,)) if a.ndim == 3 else ((), ())
+
+
+def matmul(a_MK, b_KN):
+  """a @ b accumulated in float32 (optionally over a leading batch dim of both)."""
+  return jax.lax.dot_general(a_MK, b_KN, (((a_MK.ndim - 1,), (b_KN.ndim - 2,)), _batch(a_MK, b_KN)),
+                             preferred_element_type=jnp.float32)
 
 
 def matmul_tn(a_KM, b_KN):
@@ -39,14 +46,16 @@ def matmul_tn(a_KM, b_KN):
   the bf16 matmul (2-3x faster). In float32 the transposed form is kept: the copy was faster alone, but whole
   train steps measured no faster with it."""
   if a_KM.dtype == jnp.float32:
-    return jax.lax.dot_general(a_KM, b_KN, (((0,), (0,)), ((), ())), preferred_element_type=jnp.float32)
-  return _matmul(row_major_transpose(a_KM), b_KN)
+    return jax.lax.dot_general(a_KM, b_KN, (((a_KM.ndim - 2,), (b_KN.ndim - 2,)), _batch(a_KM, b_KN)),
+                               preferred_element_type=jnp.float32)
+  return matmul(row_major_transpose(a_KM), b_KN)
 
 
 def matmul_nt(a_MK, b_NK):
   """a @ b.T in float32 (an input gradient). A right operand contracted over its last dim is a form the fast
   library takes as it lies (a materialised b.T measured no faster)."""
-  return jax.lax.dot_general(a_MK, b_NK, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
+  return jax.lax.dot_general(a_MK, b_NK, (((a_MK.ndim - 1,), (b_NK.ndim - 1,)), _batch(a_MK, b_NK)),
+                             preferred_element_type=jnp.float32)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
@@ -65,7 +74,7 @@ def _flat(x, w, n_in):
 
 def _linear_fwd(x, w, n_in, out_dtype):
   x_MK, w_KN = _flat(x, w, n_in)
-  y = _matmul(x_MK, w_KN).astype(out_dtype or x.dtype)
+  y = matmul(x_MK, w_KN).astype(out_dtype or x.dtype)
   return y.reshape(*x.shape[:x.ndim - n_in], *w.shape[n_in:]), (x_MK, w_KN, x.shape, w.shape)
 
 

@@ -16,7 +16,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-from llama4_jax.ops.linear import matmul_nt, matmul_tn
+from llama4_jax.ops.linear import matmul, matmul_nt, matmul_tn
 
 
 def route(x_TD, router_DE, top_k: int):
@@ -159,9 +159,9 @@ def _expert_blocks_forward(x_RD, block_expert_N, num_used, gate_up_EDCF, down_EF
     y_RD, h_RCF = carry
     e = block_expert_N[n]
     # As one [D, 2F] matmul: a 3-D weight operand would keep XLA:CPU from its fast bf16 matmul.
-    h_BCF = jnp.dot(_block_rows(x_RD, n, block), gate_up_EDCF[e].reshape(d, 2 * f),
-                    preferred_element_type=jnp.float32).astype(x_RD.dtype).reshape(-1, 2, f)
-    y_BD = jnp.dot(swiglu(h_BCF), down_EFD[e], preferred_element_type=jnp.float32).astype(x_RD.dtype)
+    h_BCF = matmul(_block_rows(x_RD, n, block), gate_up_EDCF[e].reshape(d, 2 * f)).astype(x_RD.dtype).reshape(
+        -1, 2, f)
+    y_BD = matmul(swiglu(h_BCF), down_EFD[e]).astype(x_RD.dtype)
     if keep:
       h_RCF = jax.lax.dynamic_update_slice_in_dim(h_RCF, h_BCF, n * block, 0)
     return jax.lax.dynamic_update_slice_in_dim(y_RD, y_BD, n * block, 0), h_RCF
@@ -185,7 +185,6 @@ def _expert_blocks_bwd(block, res, g_RD):
   """The same loop backwards over the used blocks: each block's weight gradient is added into its expert's slot (in
   float32) and its input gradient written to its rows; weights are read in place, never gathered per block."""
   x_RD, block_expert_N, num_used, gate_up_EDCF, down_EFD, h_RCF = res
-
   d, f = gate_up_EDCF.shape[1], gate_up_EDCF.shape[-1]
 
   def body(n, carry):
