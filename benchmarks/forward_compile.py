@@ -22,6 +22,7 @@ import jax.numpy as jnp  # noqa: E402
 
 from configs import base as base_configs  # noqa: E402
 from llama4_jax.config import model_config  # noqa: E402
+from llama4_jax.host_memory import retain_freed_host_memory  # noqa: E402
 from llama4_jax.model import apply, init_params  # noqa: E402
 
 FLAGS = flags.DEFINE_string("preset", "tiny", "model preset from configs/models.py")
@@ -66,4 +67,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  retain_freed_host_memory()  # before the CPU backend starts (llama4_jax/host_memory.py)
   app.run(main)

@@ -48,6 +48,7 @@ from ml_collections import config_flags  # noqa: E402
 
 import llama4_jax  # noqa: E402
 from llama4_jax.config import model_config  # noqa: E402
+from llama4_jax.host_memory import retain_freed_host_memory  # noqa: E402
 from llama4_jax.model import init_params  # noqa: E402
 from llama4_jax.sampling import Sampling  # noqa: E402
 from benchmarks.timing import matmul_gflops  # noqa: E402
@@ -227,4 +228,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  retain_freed_host_memory()  # before the CPU backend starts (llama4_jax/host_memory.py)
   app.run(main)

@@ -24,6 +24,7 @@ from absl import app, flags  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
+from llama4_jax.host_memory import requested_mode, retain_freed_host_memory  # noqa: E402
 from llama4_jax.ops import moe as moe_ops  # noqa: E402
 
 EXPERTS = flags.DEFINE_list("experts", "8,16,32,64,128", "expert counts")
@@ -67,9 +68,11 @@ def main(argv):
     out[impl] = {str(e): {"seconds": round(s, 5), "ratio_to_first": round(s / rows[experts[0]], 3)}
                  for e, s in rows.items()}
   print(json.dumps({"benchmark": "moe_scaling", "tokens": TOKENS.value, "hidden": HIDDEN.value,
-                    "expert_width": WIDTH.value, "top_k": TOP_K.value, "by_impl": out, "jax": jax.__version__,
+                    "expert_width": WIDTH.value, "top_k": TOP_K.value, "by_impl": out,
+                    "host_malloc": requested_mode(), "jax": jax.__version__,
                     "device": str(jax.devices()[0])}))
 
 
 if __name__ == "__main__":
+  retain_freed_host_memory()  # before the CPU backend starts (llama4_jax/host_memory.py)
   app.run(main)

@@ -50,6 +50,7 @@ from ml_collections import config_flags  # noqa: E402
 from benchmarks.timing import matmul_gflops, timed_steps  # noqa: E402
 from llama4_jax import sharding  # noqa: E402
 from llama4_jax.config import model_config  # noqa: E402
+from llama4_jax.host_memory import retain_freed_host_memory  # noqa: E402
 from llama4_jax.model import init_params  # noqa: E402
 from llama4_jax.ops.moe import capacity  # noqa: E402  (the all_to_all transport's C)
 from llama4_jax.train.loop import resolve_stages  # noqa: E402
@@ -324,4 +325,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  retain_freed_host_memory()  # before the CPU backend starts (llama4_jax/host_memory.py)
   app.run(main)

@@ -26,6 +26,7 @@ import jax  # noqa: E402
 
 from benchmarks.train_throughput import BATCH, SEQ, build  # noqa: E402 (also its --batch / --seq flags)
 from configs import base as base_configs  # noqa: E402
+from llama4_jax.host_memory import retain_freed_host_memory  # noqa: E402
 from llama4_jax.train.step import synthetic_batch  # noqa: E402
 
 PRESET = flags.DEFINE_string("preset", "tiny", "model preset from configs/models.py")
@@ -72,4 +73,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  retain_freed_host_memory()  # before the CPU backend starts (llama4_jax/host_memory.py)
   app.run(main)

@@ -32,6 +32,7 @@ from ml_collections import config_flags  # noqa: E402
 
 from llama4_jax.config import model_config  # noqa: E402
 from llama4_jax.flops import training_flops_per_step  # noqa: E402
+from llama4_jax.host_memory import requested_mode, retain_freed_host_memory  # noqa: E402
 from llama4_jax.model import init_params  # noqa: E402
 from llama4_jax.train.optimizer import make_optimizer  # noqa: E402
 from llama4_jax.train.step import LossConfig, init_state, train_step, synthetic_batch  # noqa: E402
@@ -98,9 +99,11 @@ def main(argv):
       "achieved_gflops": round(achieved, 2), "peak_gflops": round(peak, 2), "peak_dtype": str(model_cfg.dtype),
       "peak_gflops_by_shape": {k: round(v, 2) for k, v in peaks.items()}, "mfu": round(achieved / peak, 4),
       "compile_and_first_step_s": round(compile_and_first_s, 2), "first_loss": round(first_loss, 4),
-      "last_loss": round(float(metrics["loss"]), 4), "jax": jax.__version__, "device": str(jax.devices()[0]),
+      "last_loss": round(float(metrics["loss"]), 4), "host_malloc": requested_mode(), "jax": jax.__version__,
+      "device": str(jax.devices()[0]),
       "device_count": jax.device_count()}))
 
 
 if __name__ == "__main__":
+  retain_freed_host_memory()  # before the CPU backend starts (llama4_jax/host_memory.py)
   app.run(main)

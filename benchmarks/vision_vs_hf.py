@@ -52,6 +52,7 @@ from timing import matmul_gflops  # noqa: E402
 
 import llama4_jax  # noqa: E402
 from llama4_jax.config import model_config  # noqa: E402
+from llama4_jax.host_memory import retain_freed_host_memory  # noqa: E402
 from llama4_jax.model import images_for_rows, init_params  # noqa: E402
 from llama4_jax.model.vision import VisionEncoder  # noqa: E402
 from llama4_jax.train import data as train_data  # noqa: E402
@@ -239,4 +240,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  retain_freed_host_memory()  # before the CPU backend starts (llama4_jax/host_memory.py)
   app.run(main)

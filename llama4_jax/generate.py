@@ -364,5 +364,7 @@ def _define_flags():
 
 if __name__ == "__main__":
   from absl import app
+  from llama4_jax.host_memory import retain_freed_host_memory
+  retain_freed_host_memory()  # before the CPU backend starts
   _define_flags()
   app.run(main)

@@ -56,4 +56,6 @@ def main(argv):
 
 if __name__ == "__main__":
   sys.path.insert(0, os.getcwd())  # experiment configs import `configs.*` from the repository root
+  from llama4_jax.host_memory import retain_freed_host_memory
+  retain_freed_host_memory()  # before the CPU backend starts: steps reuse their buffers' memory
   app.run(main)

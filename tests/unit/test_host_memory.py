@@ -1,0 +1,84 @@
+"""The host allocator settings: freed large blocks stay in the process (glibc), bad settings are named."""
+
+import ctypes
+import os
+import subprocess
+import sys
+
+import pytest
+
+from llama4_jax import host_memory
+
+GLIBC = host_memory._glibc() is not None
+BLOCK = 256 << 20  # far above glibc's largest mmap threshold (32 MiB)
+
+# Loads host_memory.py by path (no JAX import: a fresh process whose allocator nothing else has touched yet), applies
+# it, then mallocs BLOCK bytes, touches them and frees them; prints how much the resident set fell at the free.
+_PROBE = f"""
+import ctypes, importlib.util, os
+spec = importlib.util.spec_from_file_location("hm", {host_memory.__file__!r})
+hm = importlib.util.module_from_spec(spec); spec.loader.exec_module(hm)
+print(hm.retain_freed_host_memory())
+libc = ctypes.CDLL(None)
+libc.malloc.restype = ctypes.c_void_p; libc.malloc.argtypes = [ctypes.c_size_t]; libc.free.argtypes = [ctypes.c_void_p]
+rss = lambda: int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+p = libc.malloc({BLOCK}); ctypes.memset(p, 1, {BLOCK}); before = rss(); libc.free(p)
+print(before - rss())
+"""
+
+
+def _probe(mode: str) -> tuple[str, int]:
+  env = dict(os.environ, **{host_memory.ENV_VAR: mode})
+  out = subprocess.run([sys.executable, "-c", _PROBE], env=env, capture_output=True, text=True, check=True, timeout=60)
+  applied, released = out.stdout.strip().splitlines()
+  return applied, int(released)
+
+
+def _released_in_this_process() -> int:
+  libc = ctypes.CDLL(None)
+  libc.malloc.restype = ctypes.c_void_p
+  libc.malloc.argtypes = [ctypes.c_size_t]
+  libc.free.argtypes = [ctypes.c_void_p]
+  rss = lambda: int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+  p = libc.malloc(BLOCK)
+  ctypes.memset(p, 1, BLOCK)
+  before = rss()
+  libc.free(p)
+  return before - rss()
+
+
+@pytest.mark.skipif(not GLIBC, reason="the settings apply to glibc only")
+def test_retain_keeps_a_freed_large_block_resident():
+  applied, released = _probe("retain")
+  assert applied == "{'arena_max': 1, 'mmap_max': 0, 'trim_threshold': 2147483647}"
+  assert released < BLOCK // 8, released  # kept for the next step's buffers
+
+
+@pytest.mark.skipif(not GLIBC, reason="the settings apply to glibc only")
+def test_system_mode_leaves_glibc_defaults():
+  applied, released = _probe("system")
+  assert applied == "None"
+  assert released > BLOCK // 2, released  # the default: the block was an mmap, unmapped at free
+
+
+@pytest.mark.skipif(not GLIBC, reason="the settings apply to glibc only")
+def test_the_suite_runs_with_the_settings():
+  # tests/conftest.py applies them as the entry points do; without them this free would hand the block back.
+  if host_memory.requested_mode() == "system":
+    pytest.skip(f"{host_memory.ENV_VAR}=system for this run")
+  assert _released_in_this_process() < BLOCK // 8
+
+
+def test_bad_mode_is_named():
+  with pytest.raises(ValueError, match="LLAMA4_JAX_HOST_MALLOC='keep-all'"):
+    host_memory.retain_freed_host_memory(environ={host_memory.ENV_VAR: "keep-all"})
+
+
+@pytest.mark.parametrize("threshold", [0, 2**31])
+def test_bad_threshold_is_named(threshold):
+  with pytest.raises(ValueError, match=f"trim_threshold_bytes={threshold}"):
+    host_memory.retain_freed_host_memory(threshold, environ={})
+
+
+def test_system_mode_changes_nothing():
+  assert host_memory.retain_freed_host_memory(environ={host_memory.ENV_VAR: " System "}) is None
