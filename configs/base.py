@@ -1,6 +1,7 @@
 """Base experiment config: every default in one place. Usage: --config=configs/base.py:<preset>.
 
-Sections: model (configs/models.py presets), kernels, mesh, expert_parallel, data, optim, train, and the stage list (`stages` + `stage_order`).
+Sections: model (configs/models.py presets), kernels, mesh, expert_parallel, data, optim, train, tasks and sft
+(post-training), and the stage list (`stages` + `stage_order`; stage kinds 'lm' and 'sft', see train/loop.py).
 A stage's `overrides` is a nested dict applied on top of these sections for that stage only.
 """
 
@@ -28,6 +29,21 @@ def optim_config():
       b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1, weight_decay_exclude=("norm",), clip_norm=1.0,
       lr_multipliers=(),  # ((regex on parameter path, factor), ...), e.g. (("moe/(gate_up|down)$", 0.5),)
   ))
+
+
+def tasks_config():
+  """Verifiable problems for the post-training stages (llama4_jax/data/verifiable.py): which, how many, how long."""
+  return ml_collections.ConfigDict(dict(
+      families=("add", "sub", "sort", "reverse", "lookup"), levels=(1,), train_problems=2000, eval_problems=64,
+      seed=0, max_new_tokens=16))
+
+
+def sft_config():
+  """The `sft` stage (llama4_jax/train/sft.py): the difficulty filter over the candidate problems."""
+  return ml_collections.ConfigDict(dict(
+      drop_easiest=0.5,  # fraction of candidates dropped as easiest (Llama 4 dropped more than half)
+      filter_metric="loss",  # 'loss' (mean reply loss, lowest = easiest) or 'pass_rate' (sampled, highest = easiest)
+      pass_rate_samples=4, score_batch_size=64))
 
 
 def train_config():
@@ -71,6 +87,8 @@ def get_config(preset: str = "tiny"):
   config.data = data_config()
   config.optim = optim_config()
   config.train = train_config()
+  config.tasks = tasks_config()
+  config.sft = sft_config()
   config.stages = ml_collections.ConfigDict({"pretrain": stage()})
   config.stage_order = ("pretrain",)
   return config

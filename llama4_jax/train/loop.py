@@ -26,13 +26,14 @@ from llama4_jax import sharding
 from llama4_jax.config import ConfigError, model_config, to_dict
 from llama4_jax.model import init_params, param_shapes
 from llama4_jax.train import data as train_data
+from llama4_jax.train import sft
 from llama4_jax.train.checkpoint import Checkpointer, CheckpointMismatchError
 from llama4_jax.train.console import Progress, summary
 from llama4_jax.train.metrics import MetricsWriter
 from llama4_jax.train.optimizer import make_optimizer
 from llama4_jax.train.step import LossConfig, eval_step, init_state, train_step
 
-STAGE_KINDS = ("lm",)  # later: "sft", "dpo", "rl", "distill"
+STAGE_KINDS = ("lm", "sft")  # lm: next-token prediction on config.data; sft: train/sft.py (later: rl, dpo, distill)
 
 
 class Preempted(RuntimeError):
@@ -71,9 +72,11 @@ def resolve_stages(config: ConfigDict) -> list[tuple[str, str, ConfigDict]]:
   if not stages:
     raise ConfigError("config.stage_order is empty")
   shapes = None
-  for name, _, cfg in stages:
+  for name, kind, cfg in stages:
     model_cfg = model_config(cfg)
     train_data.check_data_config(cfg.data, model_cfg)
+    if kind == "sft":
+      _check_sft(name, cfg)
     if cfg.train.steps <= 0:
       raise ConfigError(f"stages.{name}: train.steps must be positive, got {cfg.train.steps}")
     if cfg.data.batch_size % (cfg.train.micro_batches * jax.process_count()):
@@ -89,6 +92,17 @@ def resolve_stages(config: ConfigDict) -> list[tuple[str, str, ConfigDict]]:
       raise ConfigError(f"stages.{name}: model overrides change parameter shapes; stages must share them")
     shapes = stage_shapes
   return stages
+
+
+def _check_sft(name: str, cfg: ConfigDict) -> None:
+  """The task and filter settings, and that every candidate and held-out example fits a row (cheap: no model)."""
+  try:
+    sft.check_config(cfg)
+    chat = sft.ChatFormat(train_data.tokenizer_for(cfg.data.tokenizer_path, cfg.data.num_reserved_special_tokens))
+    for split in ("train", "held_out"):
+      sft.check_fits([sft.encode_example(p, chat) for p in sft.task_problems(cfg.tasks, split)], cfg.data.seq_len)
+  except (ConfigError, RuntimeError) as e:
+    raise ConfigError(f"stages.{name}: {e}") from e
 
 
 def _fingerprint(stages) -> dict:
@@ -153,7 +167,8 @@ def _global_batch(batch_sh, batch_size: int, local: dict) -> dict:
           for k, v in local.items()}
 
 
-def run_stage(name: str, cfg: ConfigDict, workdir: str, carried, offset: int, writer: MetricsWriter, stop):
+def run_stage(name: str, cfg: ConfigDict, workdir: str, carried, offset: int, writer: MetricsWriter, stop,
+              kind: str = "lm"):
   """Trains one stage to `cfg.train.steps`; returns (final state, summary row)."""
   model_cfg, tcfg = model_config(cfg), cfg.train
   docs = train_data.documents(cfg.data, model_cfg)
@@ -174,16 +189,25 @@ def run_stage(name: str, cfg: ConfigDict, workdir: str, carried, offset: int, wr
   ckpt = Checkpointer(os.path.join(workdir, "checkpoints", name), tcfg.keep_checkpoints, tcfg.keep_period,
                       tcfg.async_checkpoint)
   record = {"stage": name, "complete": False, "seed": cfg.seed}
-  train_it = iter(train_data.train_batches(cfg.data, docs["train"], cfg.seed, model_cfg))
+  entry_params = state.params  # the model entering the stage (the SFT difficulty filter scores with it)
   # Restores onto this run's mesh, whatever mesh wrote the checkpoint.
   restored = ckpt.restore_latest(sharding.with_shardings(abstract, state_sh))
-  step = 0
+  step, data_state = 0, None
   if restored is not None:
     step, state, data_state, old_record = restored
-    train_it.set_state(data_state)
     if old_record.get("complete"):
       ckpt.close()
       return state, {"stage": name, "steps": step, "resumed": "complete", **old_record.get("summary", {})}
+  sft_data = None
+  if kind == "sft":
+    tok = train_data.tokenizer_for(cfg.data.tokenizer_path, cfg.data.num_reserved_special_tokens)
+    select = functools.partial(train_data._process_rows, batch_size=cfg.data.batch_size)
+    sft_data = sft.SFTData(cfg, model_cfg, entry_params, tok, cfg.seed, select)
+    train_it = sft_data.train
+  else:
+    train_it = iter(train_data.train_batches(cfg.data, docs["train"], cfg.seed, model_cfg))
+  if data_state is not None:
+    train_it.set_state(data_state)
   writer.truncate_after(offset + step)
   step_fn = jax.jit(functools.partial(train_step, model_cfg=model_cfg, train_cfg=LossConfig.from_config(tcfg),
                                       tx=tx, schedule=schedule, parallel=parallel),
@@ -196,9 +220,21 @@ def run_stage(name: str, cfg: ConfigDict, workdir: str, carried, offset: int, wr
     eval_sets["eval_image_answer"] = [to_global(b) for b in train_data.image_eval_batches(cfg.data, model_cfg)]
     eval_sets["eval_blank_image_answer"] = [to_global(b) for b in
                                             train_data.image_eval_batches(cfg.data, model_cfg, blank=True)]
-  evaluate = lambda params: _evaluate_all(eval_fn, params, eval_sets)  # noqa: E731
+  if sft_data is not None:  # held-out problems: reply loss (teacher-forced) and greedy pass@1
+    eval_sets["eval_sft_answer"] = [to_global(train_data._process_rows(b, cfg.data.batch_size))
+                                    for b in sft_data.eval_rows]
+
+  def evaluate(params) -> dict:
+    out = _evaluate_all(eval_fn, params, eval_sets)
+    if sft_data is not None:
+      out.update({f"eval_{k}": v for k, v in sft_data.pass_at_1(params).items()})
+    return out
+
   progress = Progress(name, step, tcfg.steps, enabled=tcfg.progress and jax.process_index() == 0)
   row = {"stage": name, "steps": tcfg.steps, "tokens": 0, "seconds": 0.0, "skipped": 0}
+  if sft_data is not None:
+    row.update(sft_data.filter_stats)
+    writer.write(offset + step, {"stage": name, **sft_data.filter_stats})
   base_key, t_log, tok_log, t_start = jax.random.key(cfg.seed), time.perf_counter(), 0.0, time.perf_counter()
   while step < tcfg.steps:
     batch = to_global(next(train_it))
@@ -258,8 +294,8 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> list[dict]:
   writer = MetricsWriter(workdir, tensorboard=config.train.tensorboard, enabled=jax.process_index() == 0)
   rows, state, offset = [], None, 0
   try:
-    for name, _, cfg in stages:
-      state, row = run_stage(name, cfg, workdir, state, offset, writer, stop)
+    for name, kind, cfg in stages:
+      state, row = run_stage(name, cfg, workdir, state, offset, writer, stop, kind)
       rows.append(row)
       offset += cfg.train.steps
   finally:

@@ -1,0 +1,247 @@
+"""Supervised fine-tuning on a harder subset of verifiable problems (the `sft` stage kind).
+
+A stage of kind "sft" (see train/loop.py) trains on chat examples built from `config.tasks` (llama4_jax/data/
+verifiable.py problems of `tasks.families` x `tasks.levels`, train split):
+  1. Each problem is a two-turn dialog in the Llama 4 chat template: the user turn is the prompt, the assistant turn
+     the reference answer. The loss mask is 1 exactly on the assistant reply and its <|eot|>
+     (`ChatFormat.chat_tokens_with_mask`): the model learns to answer and to stop, never to predict the prompt.
+  2. Difficulty filter ("lightweight SFT on a harder subset"; Llama 4 dropped more than half of its SFT data as
+     easy): the model entering the stage scores every candidate, and the easiest `sft.drop_easiest` fraction is
+     dropped. `sft.filter_metric`: "loss" = mean cross entropy over the reply tokens (lowest = easiest), or
+     "pass_rate" = fraction of `sft.pass_rate_samples` sampled replies (temperature 1) that `verifiable.check`
+     accepts (highest = easiest). Ties keep the earlier candidate. Kept and dropped counts are logged.
+  3. Kept examples are packed whole into rows of `data.seq_len` tokens (an example is never split across rows), each
+     its own segment: positions restart at 0 and attention never crosses examples (the model masks by segment id).
+Held out: the answer loss on `tasks.eval_problems` held-out problems (one per row) and their greedy pass@1, overall
+and per family, by generating a reply with the KV-cache generator and checking it.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Sequence
+
+import grain
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from llama4_jax.config import ConfigError, ModelConfig
+from llama4_jax.data import verifiable
+from llama4_jax.data.tokenizer import ChatFormat
+from llama4_jax.generate import generate
+from llama4_jax.model import apply
+from llama4_jax.sampling import Sampling
+
+FILTER_METRICS = ("loss", "pass_rate")
+_ROW_KEYS = ("inputs", "targets", "positions", "segment_ids", "loss_mask")
+
+
+def check_config(cfg) -> None:
+  """Raises ConfigError naming the key for task / SFT settings that cannot work (before anything is compiled)."""
+  t, s = cfg.tasks, cfg.sft
+  for family in t.families:
+    if family not in verifiable.FAMILIES:
+      raise ConfigError(f"tasks.families: unknown family {family!r}; known: {', '.join(verifiable.FAMILIES)}")
+    for level in t.levels:
+      if level not in verifiable.LEVELS[family]:
+        levels = verifiable.LEVELS[family]
+        raise ConfigError(f"tasks.levels: level {level!r} is not available for family {family!r} "
+                          f"({levels.start}..{levels.stop - 1})")
+  for key in ("train_problems", "eval_problems", "max_new_tokens"):
+    if t[key] < 1:
+      raise ConfigError(f"tasks.{key} must be >= 1, got {t[key]}")
+  if not 0.0 <= s.drop_easiest < 1.0:
+    raise ConfigError(f"sft.drop_easiest must lie in [0, 1), got {s.drop_easiest}")
+  if s.filter_metric not in FILTER_METRICS:
+    raise ConfigError(f"sft.filter_metric={s.filter_metric!r}; expected one of {FILTER_METRICS}")
+  if s.pass_rate_samples < 1 or s.score_batch_size < 1:
+    raise ConfigError(f"sft.pass_rate_samples and sft.score_batch_size must be >= 1, got "
+                      f"{s.pass_rate_samples} and {s.score_batch_size}")
+
+
+def task_problems(tasks_cfg, split: str) -> list[verifiable.Problem]:
+  n = tasks_cfg.train_problems if split == "train" else tasks_cfg.eval_problems
+  return list(verifiable.problems(tuple(tasks_cfg.families), tuple(tasks_cfg.levels), n=n,
+                                  seed=tasks_cfg.seed, split=split, unique=split != "train"))
+
+
+def prompt_messages(problem: verifiable.Problem) -> list[dict]:
+  return [{"role": "user", "content": problem.prompt}]
+
+
+def encode_example(problem: verifiable.Problem, chat: ChatFormat) -> dict[str, np.ndarray]:
+  """inputs / targets / loss_mask (int32 [n]) of the dialog; the mask is on targets that are reply tokens."""
+  ids, mask = chat.chat_tokens_with_mask(prompt_messages(problem) + [{"role": "assistant",
+                                                                      "content": problem.answer}])
+  ids, mask = np.asarray(ids, np.int32), np.asarray(mask, np.int32)
+  return {"inputs": ids[:-1], "targets": ids[1:], "loss_mask": mask[1:]}
+
+
+def check_fits(examples: Sequence[dict], seq_len: int) -> None:
+  longest = max(len(e["inputs"]) for e in examples)
+  if longest > seq_len:
+    raise ConfigError(f"data.seq_len={seq_len} is shorter than the longest SFT example ({longest} tokens); raise "
+                      "it or use lower tasks.levels")
+
+
+def pack_row(examples: Sequence[dict], seq_len: int) -> dict[str, np.ndarray]:
+  """One row: the examples back to back, segment ids 1, 2, ..., positions from 0 in each, zeros after."""
+  row = {k: np.zeros(seq_len, np.int32) for k in _ROW_KEYS}
+  at = 0
+  for seg, e in enumerate(examples, start=1):
+    n = len(e["inputs"])
+    for k in ("inputs", "targets", "loss_mask"):
+      row[k][at:at + n] = e[k]
+    row["positions"][at:at + n], row["segment_ids"][at:at + n] = np.arange(n), seg
+    at += n
+  return row
+
+
+def stack_rows(rows: Sequence[dict]) -> dict[str, np.ndarray]:
+  return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+
+
+class PackedExamples:
+  """Endless batches of packed rows over `examples`, reshuffled every epoch from `seed`; state = grain's."""
+
+  def __init__(self, examples: Sequence[dict], seq_len: int, batch_size: int, seed: int, select=None):
+    check_fits(examples, seq_len)
+    self._examples, self._seq_len, self._batch_size = examples, seq_len, batch_size
+    self._select = select or (lambda batch: batch)  # e.g. this process's rows of the global batch
+    self._it = iter(grain.MapDataset.range(len(examples)).shuffle(seed=seed).repeat(None).to_iter_dataset())
+    self._pending = None  # (grain state before it, example index) that did not fit the previous row
+
+  def _next(self) -> tuple[dict, int]:
+    if self._pending is not None:
+      pending, self._pending = self._pending, None
+      return pending
+    state = self._it.get_state()
+    return state, int(next(self._it))
+
+  def _row(self) -> dict:
+    docs, used = [], 0
+    while True:
+      state, i = self._next()
+      n = len(self._examples[i]["inputs"])
+      if docs and used + n > self._seq_len:
+        self._pending = (state, i)
+        return pack_row(docs, self._seq_len)
+      docs.append(self._examples[i])
+      used += n
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> dict:
+    return self._select(stack_rows([self._row() for _ in range(self._batch_size)]))
+
+  def get_state(self) -> dict:
+    return self._pending[0] if self._pending is not None else self._it.get_state()
+
+  def set_state(self, state: dict) -> None:
+    self._pending = None
+    self._it.set_state(state)
+
+
+def one_per_row(examples: Sequence[dict], seq_len: int, batch_size: int) -> list[dict]:
+  """Batches with one example per row (scoring, held-out loss); the last batch is padded with loss-free rows."""
+  check_fits(examples, seq_len)
+  rows = [pack_row([e], seq_len) for e in examples]
+  rows += [pack_row([], seq_len)] * (-len(rows) % batch_size)
+  return [stack_rows(rows[i:i + batch_size]) for i in range(0, len(rows), batch_size)]
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _reply_losses(model_cfg: ModelConfig, params, batch) -> jax.Array:
+  """Mean cross entropy over each row's masked tokens, float32 [B] (rows without one: 0)."""
+  logits_BLV, _ = apply(model_cfg, params, batch["inputs"], batch["positions"], batch["segment_ids"])
+  logits_BLV = logits_BLV.astype(jnp.float32)
+  target_BL = jnp.take_along_axis(logits_BLV, batch["targets"][..., None], axis=-1)[..., 0]
+  ce_BL = jax.nn.logsumexp(logits_BLV, axis=-1) - target_BL
+  w_BL = batch["loss_mask"].astype(jnp.float32)
+  return jnp.sum(ce_BL * w_BL, axis=-1) / jnp.maximum(jnp.sum(w_BL, axis=-1), 1.0)
+
+
+def reply_losses(model_cfg: ModelConfig, params, examples: Sequence[dict], batch_size: int) -> np.ndarray:
+  """Per-example mean reply loss under `params`, float64 [N]."""
+  seq_len = -(-max(len(e["inputs"]) for e in examples) // 8) * 8
+  out = [np.asarray(_reply_losses(model_cfg, params, b)) for b in one_per_row(examples, seq_len, batch_size)]
+  return np.concatenate(out)[:len(examples)].astype(np.float64)
+
+
+def completions(model_cfg: ModelConfig, params, problems: Sequence[verifiable.Problem], chat: ChatFormat, *,
+                max_new_tokens: int, sampling: Sampling, batch_size: int) -> list[str]:
+  """One reply per problem (generated after the open assistant header), decoded without its stop token."""
+  tok = chat.tokenizer
+  prompts = [chat.encode_dialog_prompt(prompt_messages(p)) for p in problems]
+  texts = []
+  for i in range(0, len(prompts), batch_size):
+    chunk = prompts[i:i + batch_size]
+    s = Sampling(sampling.temperature, sampling.top_k, sampling.top_p, sampling.seed + i, sampling.stop_tokens)
+    for ids in generate(model_cfg, params, chunk, max_new_tokens=max_new_tokens, sampling=s, tokenizer=tok):
+      texts.append(tok.decode([t for t in ids if t not in tok.stop_ids]))
+  return texts
+
+
+def pass_rates(model_cfg: ModelConfig, params, problems: Sequence[verifiable.Problem], chat: ChatFormat, *,
+               samples: int, max_new_tokens: int, batch_size: int, seed: int = 0) -> np.ndarray:
+  """Fraction of `samples` replies at temperature 1 that pass `verifiable.check`, per problem, float64 [N]."""
+  passed = np.zeros(len(problems))
+  for k in range(samples):
+    texts = completions(model_cfg, params, problems, chat, max_new_tokens=max_new_tokens,
+                        sampling=Sampling(temperature=1.0, seed=seed + 7919 * k), batch_size=batch_size)
+    passed += [verifiable.check(p, t) for p, t in zip(problems, texts)]
+  return passed / samples
+
+
+def difficulty_filter(scores: np.ndarray, drop_fraction: float, easy_is_high: bool) -> tuple[np.ndarray, dict]:
+  """Indices of the kept candidates (ascending) and counts: drops the floor(drop_fraction * N) easiest."""
+  n = len(scores)
+  n_drop = int(np.floor(drop_fraction * n))
+  key = -np.asarray(scores) if easy_is_high else np.asarray(scores)
+  order = np.argsort(key, kind="stable")  # easiest first; stable: ties drop the earlier candidate first
+  kept = np.sort(order[n_drop:])
+  return kept, {"sft_candidates": n, "sft_kept": n - n_drop, "sft_dropped": n_drop}
+
+
+def greedy_pass_at_1(model_cfg: ModelConfig, params, problems: Sequence[verifiable.Problem], chat: ChatFormat, *,
+                     max_new_tokens: int, batch_size: int) -> dict[str, float]:
+  """`pass_at_1` over all problems and `pass_at_1/<family>` per family (greedy replies)."""
+  texts = completions(model_cfg, params, problems, chat, max_new_tokens=max_new_tokens, sampling=Sampling(),
+                      batch_size=batch_size)
+  ok = np.asarray([verifiable.check(p, t) for p, t in zip(problems, texts)])
+  out = {"pass_at_1": float(ok.mean())}
+  for family in sorted({p.family for p in problems}):
+    out[f"pass_at_1/{family}"] = float(np.mean([o for o, p in zip(ok, problems) if p.family == family]))
+  return out
+
+
+class SFTData:
+  """The SFT stage's data: the filtered training stream, held-out rows and the pass@1 evaluation."""
+
+  def __init__(self, cfg, model_cfg: ModelConfig, params, tokenizer, seed: int, select=None):
+    self.chat = ChatFormat(tokenizer)
+    self.model_cfg, self.cfg = model_cfg, cfg
+    candidates = task_problems(cfg.tasks, "train")
+    examples = [encode_example(p, self.chat) for p in candidates]
+    check_fits(examples, cfg.data.seq_len)
+    s = cfg.sft
+    if s.drop_easiest > 0 and s.filter_metric == "loss":
+      scores = reply_losses(model_cfg, params, examples, s.score_batch_size)
+    elif s.drop_easiest > 0:
+      scores = pass_rates(model_cfg, params, candidates, self.chat, samples=s.pass_rate_samples,
+                          max_new_tokens=cfg.tasks.max_new_tokens, batch_size=s.score_batch_size, seed=seed)
+    else:
+      scores = np.zeros(len(examples))
+    kept, self.filter_stats = difficulty_filter(scores, s.drop_easiest, easy_is_high=s.filter_metric == "pass_rate")
+    self.filter_stats["sft_mean_score_kept"] = float(np.mean(scores[kept]))
+    self.filter_stats["sft_mean_score_all"] = float(np.mean(scores))
+    self.train = PackedExamples([examples[i] for i in kept], cfg.data.seq_len, cfg.data.batch_size, seed, select)
+    self.held_out = task_problems(cfg.tasks, "held_out")
+    self.eval_rows = one_per_row([encode_example(p, self.chat) for p in self.held_out], cfg.data.seq_len,
+                                 cfg.data.batch_size)
+
+  def pass_at_1(self, params) -> dict[str, float]:
+    return greedy_pass_at_1(self.model_cfg, params, self.held_out, self.chat,
+                            max_new_tokens=self.cfg.tasks.max_new_tokens, batch_size=self.cfg.sft.score_batch_size)
