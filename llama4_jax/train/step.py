@@ -131,6 +131,20 @@ def moe_dropped(moe_stats) -> jax.Array:
   return sum((jnp.sum(x) for x in leaves), jnp.zeros((), jnp.int32))
 
 
+def guarded_update(state: TrainState, grads, loss: jax.Array, tx) -> tuple[TrainState, jax.Array]:
+  """Applies `tx` unless the loss or a gradient is non-finite; then keeps params and optimizer state and counts the
+  skip. Returns (state, skipped int32). Shared by every stage's update step."""
+  finite = jnp.isfinite(loss) & _all_finite(grads)
+  updates, new_opt = tx.update(grads, state.opt_state, state.params)
+  new_params = optax.apply_updates(state.params, updates)
+  keep = lambda new, old: jax.tree_util.tree_map(lambda a, b: jnp.where(finite, a, b), new, old)  # noqa: E731
+  skipped = jnp.logical_not(finite).astype(jnp.int32)
+  return TrainState(step=state.step + 1, params=keep(new_params, state.params),
+                    opt_state=keep(new_opt, state.opt_state),
+                    nonfinite_in_a_row=jnp.where(finite, 0, state.nonfinite_in_a_row + 1),
+                    nonfinite_total=state.nonfinite_total + skipped), skipped
+
+
 def train_step(state: TrainState, batch, rng, *, model_cfg: ModelConfig, train_cfg, tx, schedule, parallel=None):
   """One optimizer update. A non-finite loss or gradient skips the update and is counted.
 
@@ -140,15 +154,7 @@ def train_step(state: TrainState, batch, rng, *, model_cfg: ModelConfig, train_c
   s, stats, grads = loss_and_grads(state.params, batch, model_cfg, train_cfg, parallel)
   tokens = jnp.maximum(s["tokens"], 1.0)
   loss = s["ce"] / tokens
-  finite = jnp.isfinite(loss) & _all_finite(grads)
-  updates, new_opt = tx.update(grads, state.opt_state, state.params)
-  new_params = optax.apply_updates(state.params, updates)
-  keep = lambda new, old: jax.tree_util.tree_map(lambda a, b: jnp.where(finite, a, b), new, old)  # noqa: E731
-  skipped = jnp.logical_not(finite).astype(jnp.int32)
-  new_state = TrainState(
-      step=state.step + 1, params=keep(new_params, state.params), opt_state=keep(new_opt, state.opt_state),
-      nonfinite_in_a_row=jnp.where(finite, 0, state.nonfinite_in_a_row + 1),
-      nonfinite_total=state.nonfinite_total + skipped)
+  new_state, skipped = guarded_update(state, grads, loss, tx)
   metrics = {"loss": loss, "z_loss": s["z"] / tokens, "balance_loss": s["balance"],
              "grad_norm": optax.tree.norm(grads), "learning_rate": schedule(state.step),
              "tokens": s["tokens"], "skipped": skipped, "moe_dropped": moe_dropped(stats), "expert_load": stats}
