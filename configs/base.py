@@ -1,7 +1,7 @@
 """Base experiment config: every default in one place. Usage: --config=configs/base.py:<preset>.
 
-Sections: model (configs/models.py presets), kernels, mesh, expert_parallel, data, optim, train, tasks and sft
-(post-training), and the stage list (`stages` + `stage_order`; stage kinds 'lm' and 'sft', see train/loop.py).
+Sections: model (configs/models.py presets), kernels, mesh, expert_parallel, data, optim, train, tasks, sft and rl
+(post-training), and the stage list (`stages` + `stage_order`; stage kinds 'lm', 'sft', 'rl', see train/loop.py).
 A stage's `overrides` is a nested dict applied on top of these sections for that stage only.
 """
 
@@ -44,6 +44,17 @@ def sft_config():
       drop_easiest=0.5,  # fraction of candidates dropped as easiest (Llama 4 dropped more than half)
       filter_metric="loss",  # 'loss' (mean reply loss, lowest = easiest) or 'pass_rate' (sampled, highest = easiest)
       pass_rate_samples=4, score_batch_size=64))
+
+
+def rl_config():
+  """The `rl` stage (llama4_jax/train/rl_stage.py): online RL with hard-prompt filtering on `tasks` problems."""
+  return ml_collections.ConfigDict(dict(
+      prompts_per_step=8, group_size=8, advantage="grpo",  # 'grpo' | 'rloo' | 'dr_grpo'
+      clip_low=0.2, clip_high=0.28, kl_coef=0.0, aggregation="token_mean", temperature=1.0, load_balance_coef=0.0,
+      max_rounds=4,  # sampling rounds per step to replace zero-advantage groups
+      pool_low=0.0, pool_high=0.9, pool_decay=0.5,  # pass-rate band preferred by the prompt pool; EMA decay
+      refresh_every=20, refresh_prompts=64,  # re-measure pass rates with the current policy
+      pass_k=4))  # held-out pass@k
 
 
 def train_config():
@@ -89,6 +100,7 @@ def get_config(preset: str = "tiny"):
   config.train = train_config()
   config.tasks = tasks_config()
   config.sft = sft_config()
+  config.rl = rl_config()
   config.stages = ml_collections.ConfigDict({"pretrain": stage()})
   config.stage_order = ("pretrain",)
   return config

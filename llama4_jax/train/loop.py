@@ -26,14 +26,14 @@ from llama4_jax import sharding
 from llama4_jax.config import ConfigError, model_config, to_dict
 from llama4_jax.model import init_params, param_shapes
 from llama4_jax.train import data as train_data
-from llama4_jax.train import sft
+from llama4_jax.train import rl_stage, sft
 from llama4_jax.train.checkpoint import Checkpointer, CheckpointMismatchError
 from llama4_jax.train.console import Progress, summary
 from llama4_jax.train.metrics import MetricsWriter
 from llama4_jax.train.optimizer import make_optimizer
 from llama4_jax.train.step import LossConfig, eval_step, init_state, train_step
 
-STAGE_KINDS = ("lm", "sft")  # lm: next-token prediction on config.data; sft: train/sft.py (later: rl, dpo, distill)
+STAGE_KINDS = ("lm", "sft", "rl")  # lm: next-token prediction on config.data; sft: train/sft.py; rl: train/rl_stage.py
 
 
 class Preempted(RuntimeError):
@@ -75,8 +75,8 @@ def resolve_stages(config: ConfigDict) -> list[tuple[str, str, ConfigDict]]:
   for name, kind, cfg in stages:
     model_cfg = model_config(cfg)
     train_data.check_data_config(cfg.data, model_cfg)
-    if kind == "sft":
-      _check_sft(name, cfg)
+    if kind in ("sft", "rl"):
+      _check_post_training(name, kind, cfg)
     if cfg.train.steps <= 0:
       raise ConfigError(f"stages.{name}: train.steps must be positive, got {cfg.train.steps}")
     if cfg.data.batch_size % (cfg.train.micro_batches * jax.process_count()):
@@ -94,11 +94,16 @@ def resolve_stages(config: ConfigDict) -> list[tuple[str, str, ConfigDict]]:
   return stages
 
 
-def _check_sft(name: str, cfg: ConfigDict) -> None:
-  """The task and filter settings, and that every candidate and held-out example fits a row (cheap: no model)."""
+def _check_post_training(name: str, kind: str, cfg: ConfigDict) -> None:
+  """Task, filter and RL settings, and that every example (sft) or prompt + reply (rl) fits a row; no model needed."""
   try:
     sft.check_config(cfg)
     chat = sft.ChatFormat(train_data.tokenizer_for(cfg.data.tokenizer_path, cfg.data.num_reserved_special_tokens))
+    if kind == "rl":
+      rl_stage.check_config(cfg)
+      rl_stage.check_fits(cfg, chat)
+      if jax.process_count() > 1:
+        raise ConfigError("rl stages run in a single process (the rollouts are sampled on the host)")
     for split in ("train", "held_out"):
       sft.check_fits([sft.encode_example(p, chat) for p in sft.task_problems(cfg.tasks, split)], cfg.data.seq_len)
   except (ConfigError, RuntimeError) as e:
@@ -198,12 +203,14 @@ def run_stage(name: str, cfg: ConfigDict, workdir: str, carried, offset: int, wr
     if old_record.get("complete"):
       ckpt.close()
       return state, {"stage": name, "steps": step, "resumed": "complete", **old_record.get("summary", {})}
-  sft_data = None
+  sft_data = rl_driver = None
+  tok = train_data.tokenizer_for(cfg.data.tokenizer_path, cfg.data.num_reserved_special_tokens)
   if kind == "sft":
-    tok = train_data.tokenizer_for(cfg.data.tokenizer_path, cfg.data.num_reserved_special_tokens)
     select = functools.partial(train_data._process_rows, batch_size=cfg.data.batch_size)
     sft_data = sft.SFTData(cfg, model_cfg, entry_params, tok, cfg.seed, select)
     train_it = sft_data.train
+  elif kind == "rl":
+    rl_driver = train_it = rl_stage.RLDriver(cfg, model_cfg, tok, entry_params, tx, cfg.seed)
   else:
     train_it = iter(train_data.train_batches(cfg.data, docs["train"], cfg.seed, model_cfg))
   if data_state is not None:
@@ -226,19 +233,25 @@ def run_stage(name: str, cfg: ConfigDict, workdir: str, carried, offset: int, wr
 
   def evaluate(params) -> dict:
     out = _evaluate_all(eval_fn, params, eval_sets)
-    if sft_data is not None:
-      out.update({f"eval_{k}": v for k, v in sft_data.pass_at_1(params).items()})
+    extra = sft_data.pass_at_1(params) if sft_data else rl_driver.evaluate(params) if rl_driver else {}
+    out.update({f"eval_{k}": v for k, v in extra.items()})
     return out
+
+  base_key = jax.random.key(cfg.seed)
+  if rl_driver is not None:
+    update = rl_driver.update
+  else:
+    update = lambda state, step: step_fn(state, to_global(next(train_it)),  # noqa: E731
+                                         jax.random.fold_in(base_key, offset + step))
 
   progress = Progress(name, step, tcfg.steps, enabled=tcfg.progress and jax.process_index() == 0)
   row = {"stage": name, "steps": tcfg.steps, "tokens": 0, "seconds": 0.0, "skipped": 0}
   if sft_data is not None:
     row.update(sft_data.filter_stats)
     writer.write(offset + step, {"stage": name, **sft_data.filter_stats})
-  base_key, t_log, tok_log, t_start = jax.random.key(cfg.seed), time.perf_counter(), 0.0, time.perf_counter()
+  t_log, tok_log, t_start = time.perf_counter(), 0.0, time.perf_counter()
   while step < tcfg.steps:
-    batch = to_global(next(train_it))
-    state, metrics = step_fn(state, batch, jax.random.fold_in(base_key, offset + step))
+    state, metrics = update(state, step)
     step += 1
     in_a_row = int(state.nonfinite_in_a_row)
     tok_log = tok_log + metrics["tokens"]  # stays on device until the next log
@@ -250,8 +263,8 @@ def run_stage(name: str, cfg: ConfigDict, workdir: str, carried, offset: int, wr
       row["tokens"] += int(tok_log)
       t_log, tok_log = now, 0.0
       scalars = {k: float(v) for k, v in m.items() if k != "expert_load"}
-      writer.write(offset + step, {"stage": name, "stage_step": step, **scalars, "tokens_per_s": tps,
-                                   **_moe_load(m["expert_load"], model_cfg.block_size)})
+      load = _moe_load(m["expert_load"], model_cfg.block_size) if "expert_load" in m else {}
+      writer.write(offset + step, {"stage": name, "stage_step": step, **scalars, "tokens_per_s": tps, **load})
       row.setdefault("first_loss", scalars["loss"])
       row["last_loss"] = scalars["loss"]
       progress.update(step, scalars["loss"], tps)

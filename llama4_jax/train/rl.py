@@ -232,6 +232,14 @@ class GroupRefill:
     return items, rewards, stats
 
 
+  def take(self) -> tuple[list, np.ndarray]:
+    """(items, rewards [kept, G]) of whatever was kept, full or not (kept may be 0); resets like `pop_batch`."""
+    g = self._rewards[0].shape[-1] if self._rewards else 0
+    items, rewards = self._items, (np.stack(self._rewards) if self._rewards else np.zeros((0, g), np.float32))
+    self._reset()
+    return items, rewards
+
+
 def refill(stream: Iterable[tuple], batch_prompts: int, max_rounds: int | None = None) -> tuple[list, np.ndarray, dict]:
   """Draws (rewards_PG, items) rounds from `stream` into a `GroupRefill` until full; returns its `pop_batch()`.
 
