@@ -1,0 +1,49 @@
+"""Every experiment config under experiments/ resolves (stage kinds, overrides, task and RL settings) without running.
+
+Resolved in a one-device subprocess, as a user runs them (this test process has 8 simulated devices, which would
+ask every batch to split eight ways)."""
+
+import glob
+import importlib.util
+import os
+import subprocess
+import sys
+
+from tests.integration import subprocess_env
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+CONFIGS = sorted(glob.glob(os.path.join(REPO, "experiments", "*", "config.py")) +
+                 glob.glob(os.path.join(REPO, "experiments", "*.py")))
+
+_RESOLVE = """
+import importlib.util, sys
+from llama4_jax.train.loop import resolve_stages
+for path in sys.argv[1:]:
+  spec = importlib.util.spec_from_file_location("experiment_config", path)
+  module = importlib.util.module_from_spec(spec); spec.loader.exec_module(module)
+  for variant in ("", "smoke"):
+    config = module.get_config(variant)
+    names = [name for name, _, _ in resolve_stages(config)]
+    assert names == list(config.stage_order), (path, variant, names)
+    print("resolved", path, variant or "-", ",".join(config.stages[n].kind for n in names))
+"""
+
+
+def _load(path):
+  spec = importlib.util.spec_from_file_location("experiment_config", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_every_experiment_and_its_smoke_variant_resolve():
+  assert any(p.endswith(os.path.join("2026_11_28_curriculum", "config.py")) for p in CONFIGS)
+  out = subprocess.run([sys.executable, "-c", _RESOLVE, *CONFIGS], cwd=REPO, env=subprocess_env(),
+                       capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert out.stdout.count("resolved") == 2 * len(CONFIGS), out.stdout
+
+
+def test_curriculum_follows_the_llama4_order():
+  config = _load(os.path.join(REPO, "experiments", "2026_11_28_curriculum", "config.py")).get_config("")
+  assert [config.stages[name].kind for name in config.stage_order] == ["lm", "lm", "sft", "rl"]
