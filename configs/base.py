@@ -1,7 +1,7 @@
 """Base experiment config: every default in one place. Usage: --config=configs/base.py:<preset>.
 
-Sections: model (configs/models.py presets), kernels, mesh, expert_parallel, data, optim, train, tasks, sft and rl
-(post-training), and the stage list (`stages` + `stage_order`; stage kinds 'lm', 'sft', 'rl', see train/loop.py).
+Sections: model (configs/models.py presets), kernels, mesh, expert_parallel, data, optim, train, tasks, sft, rl and dpo
+(post-training), and the stage list (`stages` + `stage_order`; kinds 'lm', 'sft', 'rl', 'dpo', see train/loop.py).
 A stage's `overrides` is a nested dict applied on top of these sections for that stage only.
 """
 
@@ -57,6 +57,15 @@ def rl_config():
       pass_k=4))  # held-out pass@k
 
 
+def dpo_config():
+  """The `dpo` stage (llama4_jax/train/dpo_stage.py): preference pairs from `tasks` problems, built at stage start."""
+  return ml_collections.ConfigDict(dict(
+      pair_source="on_policy",  # 'on_policy' (accepted vs rejected sample) | 'reference' (answer vs rejected sample)
+      prompts=256, samples=4,  # train problems sampled, replies per problem (temperature 1) to find pairs
+      kind="sigmoid", beta=0.1, label_smoothing=0.0,  # 'sigmoid' (DPO; smoothing = cDPO) | 'ipo'
+      pairs_per_step=8))
+
+
 def train_config():
   return ml_collections.ConfigDict(dict(
       steps=200, micro_batches=1, z_loss=1e-4, load_balance_coef=1e-3, log_every=10, eval_every=100,
@@ -101,6 +110,7 @@ def get_config(preset: str = "tiny"):
   config.tasks = tasks_config()
   config.sft = sft_config()
   config.rl = rl_config()
+  config.dpo = dpo_config()
   config.stages = ml_collections.ConfigDict({"pretrain": stage()})
   config.stage_order = ("pretrain",)
   return config

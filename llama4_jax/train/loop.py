@@ -26,14 +26,15 @@ from llama4_jax import sharding
 from llama4_jax.config import ConfigError, model_config, to_dict
 from llama4_jax.model import init_params, param_shapes
 from llama4_jax.train import data as train_data
-from llama4_jax.train import rl_stage, sft
+from llama4_jax.train import dpo_stage, rl_stage, sft
 from llama4_jax.train.checkpoint import Checkpointer, CheckpointMismatchError
 from llama4_jax.train.console import Progress, summary
 from llama4_jax.train.metrics import MetricsWriter
 from llama4_jax.train.optimizer import make_optimizer
 from llama4_jax.train.step import LossConfig, eval_step, init_state, train_step
 
-STAGE_KINDS = ("lm", "sft", "rl")  # lm: next-token prediction on config.data; sft: train/sft.py; rl: train/rl_stage.py
+# lm: next-token prediction on config.data; sft: train/sft.py; rl: train/rl_stage.py; dpo: train/dpo_stage.py
+STAGE_KINDS = ("lm", "sft", "rl", "dpo")
 
 
 class Preempted(RuntimeError):
@@ -75,7 +76,7 @@ def resolve_stages(config: ConfigDict) -> list[tuple[str, str, ConfigDict]]:
   for name, kind, cfg in stages:
     model_cfg = model_config(cfg)
     train_data.check_data_config(cfg.data, model_cfg)
-    if kind in ("sft", "rl"):
+    if kind in ("sft", "rl", "dpo"):
       _check_post_training(name, kind, cfg)
     if cfg.train.steps <= 0:
       raise ConfigError(f"stages.{name}: train.steps must be positive, got {cfg.train.steps}")
@@ -99,11 +100,11 @@ def _check_post_training(name: str, kind: str, cfg: ConfigDict) -> None:
   try:
     sft.check_config(cfg)
     chat = sft.ChatFormat(train_data.tokenizer_for(cfg.data.tokenizer_path, cfg.data.num_reserved_special_tokens))
-    if kind == "rl":
-      rl_stage.check_config(cfg)
+    if kind in ("rl", "dpo"):
+      (rl_stage if kind == "rl" else dpo_stage).check_config(cfg)
       rl_stage.check_fits(cfg, chat)
       if jax.process_count() > 1:
-        raise ConfigError("rl stages run in a single process (the rollouts are sampled on the host)")
+        raise ConfigError(f"{kind} stages run in a single process (their samples are drawn on the host)")
     for split in ("train", "held_out"):
       sft.check_fits([sft.encode_example(p, chat) for p in sft.task_problems(cfg.tasks, split)], cfg.data.seq_len)
   except (ConfigError, RuntimeError) as e:
@@ -203,14 +204,15 @@ def run_stage(name: str, cfg: ConfigDict, workdir: str, carried, offset: int, wr
     if old_record.get("complete"):
       ckpt.close()
       return state, {"stage": name, "steps": step, "resumed": "complete", **old_record.get("summary", {})}
-  sft_data = rl_driver = None
+  sft_data = driver = None
   tok = train_data.tokenizer_for(cfg.data.tokenizer_path, cfg.data.num_reserved_special_tokens)
   if kind == "sft":
     select = functools.partial(train_data._process_rows, batch_size=cfg.data.batch_size)
     sft_data = sft.SFTData(cfg, model_cfg, entry_params, tok, cfg.seed, select)
     train_it = sft_data.train
-  elif kind == "rl":
-    rl_driver = train_it = rl_stage.RLDriver(cfg, model_cfg, tok, entry_params, tx, cfg.seed)
+  elif kind in ("rl", "dpo"):
+    make = rl_stage.RLDriver if kind == "rl" else dpo_stage.DPODriver
+    driver = train_it = make(cfg, model_cfg, tok, entry_params, tx, cfg.seed)
   else:
     train_it = iter(train_data.train_batches(cfg.data, docs["train"], cfg.seed, model_cfg))
   if data_state is not None:
@@ -233,13 +235,13 @@ def run_stage(name: str, cfg: ConfigDict, workdir: str, carried, offset: int, wr
 
   def evaluate(params) -> dict:
     out = _evaluate_all(eval_fn, params, eval_sets)
-    extra = sft_data.pass_at_1(params) if sft_data else rl_driver.evaluate(params) if rl_driver else {}
+    extra = sft_data.pass_at_1(params) if sft_data else driver.evaluate(params) if driver else {}
     out.update({f"eval_{k}": v for k, v in extra.items()})
     return out
 
   base_key = jax.random.key(cfg.seed)
-  if rl_driver is not None:
-    update = rl_driver.update
+  if driver is not None:
+    update = driver.update
   else:
     update = lambda state, step: step_fn(state, to_global(next(train_it)),  # noqa: E731
                                          jax.random.fold_in(base_key, offset + step))

@@ -1,4 +1,4 @@
-"""The `rl` stage in the training loop: rollouts, zero-advantage refill, pool, KL, held-out pass@k, config checks."""
+"""The `rl` and `dpo` stages in the training loop: rollouts, refill, pool, KL, pairs, held-out metrics, config checks."""
 
 import os
 
@@ -23,7 +23,10 @@ def _config(steps=8):
   config.tasks.update(families=("lookup", "add"), train_problems=64, eval_problems=8, max_new_tokens=4)
   config.rl.update(prompts_per_step=4, group_size=8, refresh_every=4, refresh_prompts=8, kl_coef=0.01, pass_k=2,
                    max_rounds=2)
-  config.stages = {"rl": base.stage("rl", data=dict(seq_len=48), optim=dict(learning_rate=1e-2, warmup_steps=1))}
+  config.dpo.update(prompts=16, samples=4, pairs_per_step=4, beta=0.1)
+  config.stages = {"rl": base.stage("rl", data=dict(seq_len=48), optim=dict(learning_rate=1e-2, warmup_steps=1)),
+                   "dpo": base.stage("dpo", data=dict(seq_len=48), train=dict(steps=3),
+                                     optim=dict(learning_rate=1e-3, warmup_steps=0, weight_decay=0.0))}
   config.stage_order = ("rl",)
   return config
 
@@ -37,9 +40,10 @@ def _even_first_token(model_cfg, params, problems, group_size, *, max_new_tokens
                                      sampling=sampling, tokenizer=tokenizer)
 
 
-def test_rl_stage_raises_the_reward_and_logs_the_loop(tmp_path, monkeypatch):
+def test_rl_then_dpo_stages_raise_the_reward_and_log_the_loop(tmp_path, monkeypatch):
   monkeypatch.setattr(rollout, "sample_groups", _even_first_token)
   config = _config()
+  config.stage_order = ("rl", "dpo")
   # Larger initial weights give peaked next-token distributions, so a few hundred samples can move their parity.
   config.model.initializer_range = 0.3
   workdir = str(tmp_path / "rl")
@@ -60,6 +64,15 @@ def test_rl_stage_raises_the_reward_and_logs_the_loop(tmp_path, monkeypatch):
   assert {"eval_pass_at_1", "eval_pass_at_2", "eval_pass_at_2/lookup"} <= set(rows[0])
   assert rows[0]["eval_pass_at_2"] >= 0.5  # the synthetic reward is checked at evaluation too; almost always met
 
+  # DPO after RL, pairs built on-policy (an accepted and a rejected reply) by the model leaving RL, which is also
+  # the frozen reference: the first update sees policy == reference, so its loss is exactly -log sigmoid(0).
+  steps = [r for r in read_metrics(workdir) if r.get("stage") == "dpo" and "reward_margin" in r]
+  assert len(steps) == 3 and steps[0]["dpo_pairs"] > 0
+  np.testing.assert_allclose(steps[0]["loss"], np.log(2.0), rtol=1e-5)
+  assert abs(steps[0]["reward_margin"]) < 1e-5 and steps[-1]["reward_margin"] > 1e-3
+  assert steps[0]["dpo_sampled_pass_rate"] > 0.6  # the RL-trained policy, not the ~0.5 of the initial one
+  assert 0.0 <= rows[1]["eval_dpo_preference_accuracy"] <= 1.0 and "eval_pass_at_1" in rows[1]
+
   # The prompt pool's pass rates travel in the checkpoint's data state.
   ckpt = Checkpointer(os.path.join(workdir, "checkpoints", "rl"), 3, None, False)
   data = ckpt._manager.restore(8, args=ocp.args.Composite(data=ocp.args.JsonRestore()))["data"]
@@ -73,9 +86,12 @@ def test_rl_stage_raises_the_reward_and_logs_the_loop(tmp_path, monkeypatch):
     ("rl", dict(advantage="ppo"), r"stages\.rl: rl\.advantage='ppo'"),
     ("rl", dict(clip_low=1.5), r"stages\.rl: rl\.clip_low=1\.5"),
     ("tasks", dict(max_new_tokens=40), r"stages\.rl: data\.seq_len=48 cannot hold the longest train prompt"),
+    ("dpo", dict(pair_source="human"), r"stages\.dpo: dpo\.pair_source='human'"),
+    ("dpo", dict(kind="ipo", label_smoothing=0.1), r"stages\.dpo: dpo\.label_smoothing=0\.1"),
 ])
 def test_rl_settings_are_checked_before_compiling(tmp_path, section, change, message):
   config = _config()
+  config.stage_order = ("rl", "dpo")
   config[section].update(**change)
   with pytest.raises(ConfigError, match=message):
     train_and_evaluate(config, str(tmp_path / "bad"))
