@@ -1,7 +1,7 @@
 """Base experiment config: every default in one place. Usage: --config=configs/base.py:<preset>.
 
-Sections: model (configs/models.py presets), kernels, mesh, expert_parallel, data, optim, train, tasks, sft, rl and dpo
-(post-training), and the stage list (`stages` + `stage_order`; kinds 'lm', 'sft', 'rl', 'dpo', see train/loop.py).
+Sections: model (configs/models.py presets), kernels, mesh, expert_parallel, data, optim, train, tasks, sft, rl, dpo and
+distill (post-training), and the stage list (`stages` + `stage_order`; kinds lm, sft, rl, dpo, distill: train/loop.py).
 A stage's `overrides` is a nested dict applied on top of these sections for that stage only.
 """
 
@@ -43,6 +43,7 @@ def sft_config():
   return ml_collections.ConfigDict(dict(
       drop_easiest=0.5,  # fraction of candidates dropped as easiest (Llama 4 dropped more than half)
       filter_metric="loss",  # 'loss' (mean reply loss, lowest = easiest) or 'pass_rate' (sampled, highest = easiest)
+      filter_per_family=True,  # drop the fraction within each task family and level, not over the whole mix
       pass_rate_samples=4, score_batch_size=64))
 
 
@@ -64,6 +65,14 @@ def dpo_config():
       prompts=256, samples=4,  # train problems sampled, replies per problem (temperature 1) to find pairs
       kind="sigmoid", beta=0.1, label_smoothing=0.0,  # 'sigmoid' (DPO; smoothing = cDPO) | 'ipo'
       pairs_per_step=8))
+
+
+def distill_config():
+  """The `distill` stage (llama4_jax/train/distill.py): codistillation from a teacher checkpoint on `data`."""
+  return ml_collections.ConfigDict(dict(
+      teacher="",  # a training workdir or a Hugging Face directory; same vocabulary, any size
+      alpha_start=0.9, alpha_end=0.1, schedule="linear",  # weight of the soft (teacher) part over the stage
+      temperature=1.0))
 
 
 def train_config():
@@ -111,6 +120,7 @@ def get_config(preset: str = "tiny"):
   config.sft = sft_config()
   config.rl = rl_config()
   config.dpo = dpo_config()
+  config.distill = distill_config()
   config.stages = ml_collections.ConfigDict({"pretrain": stage()})
   config.stage_order = ("pretrain",)
   return config

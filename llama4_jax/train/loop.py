@@ -9,6 +9,7 @@ checkpoints under `<workdir>/checkpoints/<stage>`; a finished stage is skipped o
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 import json
 import math
@@ -17,24 +18,26 @@ import signal
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
-from jax.sharding import NamedSharding
+from jax.sharding import NamedSharding, PartitionSpec
 from ml_collections import ConfigDict
 
 from llama4_jax import sharding
 from llama4_jax.config import ConfigError, model_config, to_dict
 from llama4_jax.model import init_params, param_shapes
 from llama4_jax.train import data as train_data
-from llama4_jax.train import dpo_stage, rl_stage, sft
+from llama4_jax.train import distill, dpo_stage, rl_stage, sft
 from llama4_jax.train.checkpoint import Checkpointer, CheckpointMismatchError
 from llama4_jax.train.console import Progress, summary
 from llama4_jax.train.metrics import MetricsWriter
 from llama4_jax.train.optimizer import make_optimizer
 from llama4_jax.train.step import LossConfig, eval_step, init_state, train_step
 
-# lm: next-token prediction on config.data; sft: train/sft.py; rl: train/rl_stage.py; dpo: train/dpo_stage.py
-STAGE_KINDS = ("lm", "sft", "rl", "dpo")
+# lm: next-token prediction on config.data; sft: train/sft.py; rl: train/rl_stage.py; dpo: train/dpo_stage.py;
+# distill: train/distill.py (codistillation from a teacher checkpoint on config.data)
+STAGE_KINDS = ("lm", "sft", "rl", "dpo", "distill")
 
 
 class Preempted(RuntimeError):
@@ -78,6 +81,11 @@ def resolve_stages(config: ConfigDict) -> list[tuple[str, str, ConfigDict]]:
     train_data.check_data_config(cfg.data, model_cfg)
     if kind in ("sft", "rl", "dpo"):
       _check_post_training(name, kind, cfg)
+    if kind == "distill":
+      try:
+        distill.check_config(cfg, model_cfg)
+      except ConfigError as e:
+        raise ConfigError(f"stages.{name}: {e}") from e
     if cfg.train.steps <= 0:
       raise ConfigError(f"stages.{name}: train.steps must be positive, got {cfg.train.steps}")
     if cfg.data.batch_size % (cfg.train.micro_batches * jax.process_count()):
@@ -242,6 +250,8 @@ def run_stage(name: str, cfg: ConfigDict, workdir: str, carried, offset: int, wr
   base_key = jax.random.key(cfg.seed)
   if driver is not None:
     update = driver.update
+  elif kind == "distill":
+    update = _distill_update(cfg, model_cfg, tx, mesh, train_it, to_global)
   else:
     update = lambda state, step: step_fn(state, to_global(next(train_it)),  # noqa: E731
                                          jax.random.fold_in(base_key, offset + step))
@@ -294,6 +304,24 @@ def run_stage(name: str, cfg: ConfigDict, workdir: str, carried, offset: int, wr
   ckpt.save(step, state, train_it.get_state(), {**record, "complete": True, "summary": row}, force=True)
   ckpt.close()
   return state, row
+
+
+def _distill_update(cfg, model_cfg, tx, mesh, train_it, to_global):
+  """The distill stage's update: loads the teacher once (replicated over the mesh), alpha on its schedule."""
+  from llama4_jax.generate import load_checkpoint
+  teacher_cfg, teacher_params, _ = load_checkpoint(cfg.distill.teacher)
+  teacher_cfg = dataclasses.replace(teacher_cfg, moe_impl=model_cfg.moe_impl, attention_impl=model_cfg.attention_impl,
+                                    kernel_interpret=model_cfg.kernel_interpret,
+                                    moe_capacity_factor=model_cfg.moe_capacity_factor)
+  teacher_params = jax.device_put(teacher_params, NamedSharding(mesh, PartitionSpec()))
+  d = cfg.distill
+  step_fn = jax.jit(functools.partial(distill.distill_step, model_cfg=model_cfg, teacher_cfg=teacher_cfg, tx=tx,
+                                      temperature=d.temperature), donate_argnums=0)
+
+  def update(state, step):
+    alpha = distill.alpha_at(step, cfg.train.steps, d.alpha_start, d.alpha_end, d.schedule)
+    return step_fn(state, to_global(next(train_it)), teacher_params, jnp.float32(alpha))
+  return update
 
 
 def train_and_evaluate(config: ConfigDict, workdir: str) -> list[dict]:

@@ -9,7 +9,9 @@ verifiable.py problems of `tasks.families` x `tasks.levels`, train split):
      easy): the model entering the stage scores every candidate, and the easiest `sft.drop_easiest` fraction is
      dropped. `sft.filter_metric`: "loss" = mean cross entropy over the reply tokens (lowest = easiest), or
      "pass_rate" = fraction of `sft.pass_rate_samples` sampled replies (temperature 1) that `verifiable.check`
-     accepts (highest = easiest). Ties keep the earlier candidate. Kept and dropped counts are logged.
+     accepts (highest = easiest). With `sft.filter_per_family` the fraction is dropped within each task family and
+     level (a family the model finds easy as a whole is thinned, not removed). Ties drop the earlier candidate
+     first. Kept and dropped counts are logged.
   3. Kept examples are packed whole into rows of `data.seq_len` tokens (an example is never split across rows), each
      its own segment: positions restart at 0 and attention never crosses examples (the model masks by segment id).
 Held out: the answer loss on `tasks.eval_problems` held-out problems (one per row) and their greedy pass@1, overall
@@ -205,6 +207,20 @@ def difficulty_filter(scores: np.ndarray, drop_fraction: float, easy_is_high: bo
   return kept, {"sft_candidates": n, "sft_kept": n - n_drop, "sft_dropped": n_drop}
 
 
+def grouped_difficulty_filter(scores: np.ndarray, groups: Sequence, drop_fraction: float,
+                              easy_is_high: bool) -> tuple[np.ndarray, dict]:
+  """`difficulty_filter` applied within each group (e.g. task family and level), so that a family the entering
+  model finds easy as a whole is thinned like the others instead of dropped entirely."""
+  scores, keys = np.asarray(scores), np.asarray([hash(g) for g in groups])
+  kept, stats = [], {"sft_candidates": 0, "sft_kept": 0, "sft_dropped": 0}
+  for key in dict.fromkeys(keys.tolist()):
+    idx = np.flatnonzero(keys == key)
+    k, st = difficulty_filter(scores[idx], drop_fraction, easy_is_high)
+    kept.append(idx[k])
+    stats = {name: stats[name] + st[name] for name in stats}
+  return np.sort(np.concatenate(kept)), stats
+
+
 def greedy_pass_at_1(model_cfg: ModelConfig, params, problems: Sequence[verifiable.Problem], chat: ChatFormat, *,
                      max_new_tokens: int, batch_size: int) -> dict[str, float]:
   """`pass_at_1` over all problems and `pass_at_1/<family>` per family (greedy replies)."""
@@ -234,7 +250,9 @@ class SFTData:
                           max_new_tokens=cfg.tasks.max_new_tokens, batch_size=s.score_batch_size, seed=seed)
     else:
       scores = np.zeros(len(examples))
-    kept, self.filter_stats = difficulty_filter(scores, s.drop_easiest, easy_is_high=s.filter_metric == "pass_rate")
+    groups = [(p.family, p.level) for p in candidates] if s.filter_per_family else [()] * len(candidates)
+    kept, self.filter_stats = grouped_difficulty_filter(scores, groups, s.drop_easiest,
+                                                        easy_is_high=s.filter_metric == "pass_rate")
     self.filter_stats["sft_mean_score_kept"] = float(np.mean(scores[kept]))
     self.filter_stats["sft_mean_score_all"] = float(np.mean(scores))
     self.train = PackedExamples([examples[i] for i in kept], cfg.data.seq_len, cfg.data.batch_size, seed, select)

@@ -46,4 +46,4 @@ def test_every_experiment_and_its_smoke_variant_resolve():
 
 def test_curriculum_follows_the_llama4_order():
   config = _load(os.path.join(REPO, "experiments", "2026_11_28_curriculum", "config.py")).get_config("")
-  assert [config.stages[name].kind for name in config.stage_order] == ["lm", "lm", "sft", "rl"]
+  assert [config.stages[name].kind for name in config.stage_order] == ["lm", "lm", "sft", "rl", "dpo"]

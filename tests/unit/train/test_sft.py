@@ -91,6 +91,17 @@ def test_difficulty_filter_drops_the_easiest_fraction():
   assert len(kept) == 8 and stats["sft_dropped"] == 0
 
 
+def test_per_family_filter_thins_every_family():
+  # family a is easy as a whole (low losses): a global filter would drop all of it, the per-family one half.
+  scores = np.array([0.1, 0.2, 0.3, 0.4, 5.0, 6.0, 7.0, 8.0])
+  groups = [("a", 1)] * 4 + [("b", 1)] * 4
+  kept, stats = sft.difficulty_filter(scores, 0.5, easy_is_high=False)
+  np.testing.assert_array_equal(kept, [4, 5, 6, 7])
+  kept, stats = sft.grouped_difficulty_filter(scores, groups, 0.5, easy_is_high=False)
+  np.testing.assert_array_equal(kept, [2, 3, 6, 7])
+  assert stats == {"sft_candidates": 8, "sft_kept": 4, "sft_dropped": 4}
+
+
 def test_reply_losses_match_a_direct_computation():
   cfg = tiny_config(vocab_size=TOK.vocab_size)
   params = _init(cfg, jax.random.key(0))
