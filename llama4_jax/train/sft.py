@@ -20,6 +20,7 @@ and per family, by generating a reply with the KV-cache generator and checking i
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Sequence
 
@@ -180,7 +181,7 @@ def completions(model_cfg: ModelConfig, params, problems: Sequence[verifiable.Pr
   texts = []
   for i in range(0, len(prompts), batch_size):
     chunk = prompts[i:i + batch_size]
-    s = Sampling(sampling.temperature, sampling.top_k, sampling.top_p, sampling.seed + i, sampling.stop_tokens)
+    s = dataclasses.replace(sampling, seed=sampling.seed + i)  # each chunk its own noise
     for ids in generate(model_cfg, params, chunk, max_new_tokens=max_new_tokens, sampling=s, tokenizer=tok):
       texts.append(tok.decode([t for t in ids if t not in tok.stop_ids]))
   return texts
