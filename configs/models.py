@@ -69,6 +69,24 @@ def small():
   return m
 
 
+def gpu_1b():
+  """~1B active: the single-GPU bf16 training benchmark (issue 8's GPU check, benchmarks/gpu_step.sh).
+
+  1.0B active parameters outside the embedding table (1.4B with the 0.41B output head; 3.2B total). Width 2048,
+  16 layers (8 dense with 8192-wide SwiGLU, 8 MoE with 8 experts of 4096 plus a shared one, top-1), 16 query heads
+  of 128 over 8 KV heads, Llama 4's vocabulary and 8192-token attention chunks, bf16 compute over fp32 parameters.
+  CHOSEN dimensions (not a released model), sized so that a step at 2 x 8192 tokens with its fp32 AdamW state fits
+  one H200 without rematerialisation.
+  """
+  m = base_model()
+  m.update(dict(hidden_size=2048, num_hidden_layers=16, num_attention_heads=16, num_key_value_heads=8, head_dim=128,
+                intermediate_size=4096, intermediate_size_mlp=8192, num_local_experts=8, num_experts_per_tok=1,
+                interleave_moe_layer_step=2, attention_chunk_size=8192, floor_scale=8192.0,
+                max_position_embeddings=65536, dtype="bfloat16"))
+  m.rope_scaling = _llama3_scaling(True)
+  return m
+
+
 def scout():
   """Llama 4 Scout 17B-16E: 108.6B total (text 107.77B + vision 0.87B), 17.17B active."""
   m = base_model()
@@ -103,4 +121,4 @@ def behemoth():
   return m
 
 
-PRESETS = {"tiny": tiny, "tiny_vl": tiny_vl, "small": small, "scout": scout, "maverick": maverick, "behemoth": behemoth}
+PRESETS = {"tiny": tiny, "tiny_vl": tiny_vl, "small": small, "gpu_1b": gpu_1b, "scout": scout, "maverick": maverick, "behemoth": behemoth}

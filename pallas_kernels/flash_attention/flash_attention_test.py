@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from pallas_kernels.flash_attention import attention_reference, flash_attention, kernel, reference
+from pallas_kernels.testing import verified_triton_modules
 
 H, K = 4, 8
 
@@ -321,5 +322,7 @@ def test_lowers_to_pallas_triton_for_cuda(chunked):
   args = [jax.ShapeDtypeStruct(shape, dtype) for shape, dtype in (
       ((b, l, h, k), jnp.bfloat16), ((b, l, g, k), jnp.bfloat16), ((b, l, g, k), jnp.bfloat16),
       ((b, l), jnp.int32), ((b, l), jnp.int32), ((b, l, h, k), jnp.bfloat16))]
-  lowered = jax.jit(out_and_grads).trace(*args).lower(lowering_platforms=('cuda',))
+  with verified_triton_modules() as seen:
+    lowered = jax.jit(out_and_grads).trace(*args).lower(lowering_platforms=('cuda',))
   assert lowered.as_text().count('custom_call @__gpu$xla.gpu.triton') == 3
+  assert seen['modules'] == 3 and seen['errors'] == []  # each module passes MLIR's verifier

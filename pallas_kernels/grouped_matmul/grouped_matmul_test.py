@@ -27,6 +27,7 @@ from pallas_kernels.grouped_matmul import tgmm_reference
 from pallas_kernels.grouped_matmul import kernel
 from pallas_kernels.grouped_matmul import ops
 from pallas_kernels.grouped_matmul import tpu_kernel
+from pallas_kernels.testing import verified_triton_modules
 
 # (T, K, N, tiling, group sizes): T, K, N mostly not multiples of the tile; each
 # shape is compiled once and reused for every group-size pattern (traced).
@@ -210,10 +211,15 @@ def test_lowers_to_pallas_triton_for_cuda():
   args = [jax.ShapeDtypeStruct(shape, dtype) for shape, dtype in (
       ((T, K), jnp.bfloat16), ((8, K, N), jnp.bfloat16), ((8,), jnp.int32),
       ((T, N), jnp.bfloat16))]
-  lowered = jax.jit(out_and_grads).trace(*args).lower(
-      lowering_platforms=('cuda',))
-  # forward gmm, d_lhs gmm and d_rhs tgmm: three Triton kernels.
+  with verified_triton_modules() as seen:
+    lowered = jax.jit(out_and_grads).trace(*args).lower(
+        lowering_platforms=('cuda',))
+  # forward gmm, d_lhs gmm and d_rhs tgmm: three Triton kernels, each a
+  # module MLIR's verifier accepts (an i1 loop bound from a select of two
+  # Python ints passed the lowering and failed on an H200 at compile time).
   assert lowered.as_text().count('custom_call @__gpu$xla.gpu.triton') == 3
+  assert seen['modules'] == 3
+  assert seen['errors'] == []
 
 
 # --- TPU (Mosaic) kernel in TPU interpret mode -------------------------------

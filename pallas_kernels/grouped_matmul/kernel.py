@@ -107,8 +107,11 @@ def _gmm_body(first_ref, count_ref, starts_ref, ends_ref, lhs_ref, rhs_ref,
       w_KN = rhs_ref[g, pl.ds(k0, tk), :]
       return acc_MN + jnp.dot(x_MK, w_KN, preferred_element_type=jnp.float32)
 
-    # Empty groups inside the tile contribute nothing: zero K trips.
-    return jax.lax.fori_loop(0, jnp.where(end > start, num_k, 0), k_step, acc_MN)
+    # Empty groups inside the tile contribute nothing: zero K trips. The bound is an explicit int32 like the
+    # loop's start: a select between two Python ints lowers to an i1 in Pallas Triton, and scf.for then refuses
+    # the mixed bound types (seen on an H200; tests/ lower the kernels for CUDA and verify the module on CPU).
+    trips = jnp.where(end > start, jnp.int32(num_k), jnp.int32(0))
+    return jax.lax.fori_loop(jnp.int32(0), trips, k_step, acc_MN)
 
   acc_MN = jnp.zeros(out_ref.shape, jnp.float32)
   acc_MN = jax.lax.fori_loop(0, count_ref[i], group_step, acc_MN)

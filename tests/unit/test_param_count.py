@@ -63,3 +63,11 @@ def test_counting_allocates_nothing():
   assert c["total"] > 1e12
   assert grown_mib < 512, f"peak RSS grew by {grown_mib:.0f} MiB"
   assert elapsed < 10, f"counting took {elapsed:.1f} s"
+
+
+def test_gpu_1b_is_about_one_billion_active():
+  # The GPU benchmark preset (benchmarks/gpu_step.sh): ~1B active outside the embedding table and output head.
+  c = _count("gpu_1b")
+  assert c["total"] == 3_243_706_368
+  assert c["active_text"] - c["embedding"] == 1_006_831_616
+  assert c["routed_experts"] == 8 * 8 * 3 * 2048 * 4096  # 8 MoE layers of 8 experts
