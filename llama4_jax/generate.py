@@ -74,7 +74,7 @@ class _Specials:
     return self.special_tokens[name]
 
 
-def _prepare_images(cfg: ModelConfig, prompts, images, tokenizer):
+def prepare_images(cfg: ModelConfig, prompts, images, tokenizer):
   """Expands `<|image|>` placeholders; returns (prompts, per-row tiles [B, N, C, S, S] or None)."""
   from llama4_jax.data import image as image_lib
   if images is None:
@@ -173,7 +173,7 @@ def _start(cfg, params, prompts, max_new_tokens, sampling, images, tokenizer, pr
   """Validates, prefills, and returns (compiled fns, decode state, prompt lengths)."""
   cfg = _model_config(cfg)
   prompts = [list(map(int, p)) for p in prompts]
-  prompts, pixels = _prepare_images(cfg, prompts, images, tokenizer)
+  prompts, pixels = prepare_images(cfg, prompts, images, tokenizer)
   check_prompts(cfg, prompts, max_new_tokens)
   stops = stop_ids(cfg, sampling, tokenizer)
   pad = cfg.pad_token_id if cfg.pad_token_id is not None and 0 <= cfg.pad_token_id < cfg.vocab_size else 0

@@ -1,51 +1,77 @@
-"""The Llama 4 post-training order on the tiny model, end to end on CPU (issue 9; stages available so far).
+"""The Llama 4 post-training order on the tiny vision-language model, end to end on CPU (issue 9).
 
     python -m llama4_jax.main --config=experiments/2026_11_28_curriculum/config.py --workdir=runs/curriculum
 
-pretrain (embedded corpus, 128-token rows) -> midtrain (512-token rows, RoPE theta 5e5 -> 2e6) -> sft (chat-formatted
-verifiable problems, the easiest half of each task family dropped by the entering model's reply loss) -> rl (online
-RL with GRPO advantages, clip-higher, zero-advantage refill and the pass-rate pool) -> dpo (on-policy pairs of an
-accepted and a rejected reply). A multimodal RL stage joins this order (before DPO) when it lands. The question: does online RL raise the held-out pass rate over the SFT checkpoint, and on which task
-families? Held-out greedy pass@1 (and pass@4 after RL) are logged at the end of each post-training stage; results
-in NOTES.md beside this file. About 30 minutes on the 2-core machine.
+pretrain (embedded corpus mixed with the embedded image-text set, 128-token rows) -> midtrain (512-token text rows,
+RoPE theta 5e5 -> 2e6) -> sft (chat-formatted `sort` and `lookup` problems, the easiest half of each family dropped
+by the entering model's reply loss) -> rl (online RL on the same families: GRPO advantages, clip-higher,
+zero-advantage refill and the pass-rate pool) -> rl_vision (the same loop on image prompts: dots to count and
+numbers to read, llama4_jax/data/visual_tasks.py) -> dpo (one pass over on-policy pairs of an accepted and a
+rejected reply, at a low rate). The question: does online RL raise the held-out pass rate over the SFT checkpoint,
+and on which task families? Held-out greedy pass@1 (and pass@k after RL) are logged at the end of each
+post-training stage (256 held-out text problems, 128 per family; 128 image problems), beside the held-out image-text
+answer loss with and without the image; results in NOTES.md beside this file. Post-training rows are 128 tokens (the
+held-out image-text examples every stage of a vision model evaluates need that). About 40 minutes on the 2-core machine.
 Variants: `:smoke` shrinks every stage to seconds.
 """
 
 from configs import base
-from configs import default
+from configs import default_vl
 
 
 def get_config(arg: str = ""):
-  config = default.get_config("smoke" if arg == "smoke" else "")
-  config.tasks.update(families=("add", "sort", "reverse", "lookup"), levels=(1,), train_problems=4000,
-                      eval_problems=128, max_new_tokens=16)
+  smoke = arg == "smoke"
+  if arg and not smoke:
+    raise ValueError(f"unknown variant {arg!r} of the curriculum experiment (known: smoke)")
+  config = default_vl.get_config("smoke" if smoke else "")
+  config.data.update(image_fraction=0.5)
+  config.train.update(steps=300)
+  config.tasks.update(families=("sort", "lookup"), levels=(1,), train_problems=4000, eval_problems=256,
+                      max_new_tokens=16)
   config.sft.update(drop_easiest=0.5, filter_metric="loss")
   config.rl.update(prompts_per_step=8, group_size=8, advantage="grpo", clip_low=0.2, clip_high=0.28, kl_coef=0.0,
                    temperature=1.0, max_rounds=4, pool_low=0.0, pool_high=0.9, refresh_every=20, refresh_prompts=64,
                    pass_k=4)
-  config.dpo.update(pair_source="on_policy", prompts=256, samples=4, kind="sigmoid", beta=0.1, pairs_per_step=8)
-  theta = dict(rope_theta=2e6)  # the post-training stages keep mid-training's RoPE base
-  config.stages = dict(config.stages)
-  config.stages["sft"] = base.stage(
-      "sft", data=dict(seq_len=128, batch_size=16), train=dict(steps=400, eval_every=200, log_every=25),
-      optim=dict(learning_rate=3e-3, warmup_steps=20), model=theta)
-  config.stages["rl"] = base.stage(
-      "rl", data=dict(seq_len=64), train=dict(steps=80, eval_every=40, log_every=5, checkpoint_every=20),
-      optim=dict(learning_rate=3e-4, warmup_steps=5, schedule="constant", weight_decay=0.0), model=theta)
-  config.stages["dpo"] = base.stage(
-      "dpo", data=dict(seq_len=64), train=dict(steps=40, eval_every=0, log_every=5, checkpoint_every=20),
-      optim=dict(learning_rate=1e-4, warmup_steps=5, schedule="constant", weight_decay=0.0), model=theta)
-  config.stage_order = ("pretrain", "midtrain", "sft", "rl", "dpo")
-  if arg == "smoke":
+  config.dpo.update(pair_source="on_policy", prompts=512, samples=4, kind="sigmoid", beta=0.1, pairs_per_step=8)
+  theta = dict(rope_theta=2e6)  # the stages after mid-training keep its RoPE base
+  images = dict(families=("image_count", "image_number"), levels=(1,), train_problems=2000, eval_problems=128,
+                max_new_tokens=8)
+  config.stages = {
+      "pretrain": base.stage("lm"),
+      "midtrain": base.stage(
+          "lm", data=dict(seq_len=512, batch_size=2, image_fraction=0.0),
+          train=dict(steps=40, eval_every=20, checkpoint_every=20), optim=dict(learning_rate=1e-3, warmup_steps=5),
+          model=theta),
+      "sft": base.stage(
+          "sft", data=dict(seq_len=128, batch_size=16), train=dict(steps=300, eval_every=150, log_every=25),
+          optim=dict(learning_rate=3e-3, warmup_steps=20), model=theta),
+      "rl": base.stage(
+          "rl", data=dict(seq_len=128), train=dict(steps=100, eval_every=50, log_every=5, checkpoint_every=25),
+          optim=dict(learning_rate=1e-3, warmup_steps=5, schedule="constant", weight_decay=0.0), model=theta),
+      "rl_vision": base.stage(
+          "rl", data=dict(seq_len=144), tasks=images,
+          train=dict(steps=40, eval_every=20, log_every=5, checkpoint_every=20),
+          optim=dict(learning_rate=1e-3, warmup_steps=5, schedule="constant", weight_decay=0.0), model=theta),
+      "dpo": base.stage(
+          "dpo", data=dict(seq_len=128), train=dict(steps=12, eval_every=0, log_every=2, checkpoint_every=12),
+          optim=dict(learning_rate=3e-5, warmup_steps=2, schedule="constant", weight_decay=0.0), model=theta),
+  }
+  config.stage_order = ("pretrain", "midtrain", "sft", "rl", "rl_vision", "dpo")
+  if smoke:
+    config.train.update(steps=6)
     config.tasks.update(train_problems=64, eval_problems=8, max_new_tokens=6)
-    config.stages["sft"].overrides.data.update(seq_len=64, batch_size=4)
-    config.stages["sft"].overrides.train.update(steps=4, eval_every=0, log_every=1)
-    config.stages["rl"].overrides.data.update(seq_len=48, batch_size=4)
-    config.stages["rl"].overrides.train.update(steps=2, eval_every=0, log_every=1)
-    config.stages["dpo"].overrides.data.update(seq_len=48, batch_size=4)
-    config.stages["dpo"].overrides.train.update(steps=2, log_every=1)
-    config.dpo.update(prompts=8, samples=2, pairs_per_step=2)
+    s = config.stages
+    s["midtrain"].overrides.data.update(seq_len=128, batch_size=1)
+    s["midtrain"].overrides.train.update(steps=2, eval_every=0)
+    s["sft"].overrides.data.update(batch_size=4)
+    s["sft"].overrides.train.update(steps=4, eval_every=0, log_every=1)
+    s["rl"].overrides.data.update(batch_size=4)
+    s["rl"].overrides.train.update(steps=2, eval_every=0, log_every=1)
+    s["rl_vision"].overrides.tasks.update(train_problems=16, eval_problems=4, max_new_tokens=4)
+    s["rl_vision"].overrides.data.update(batch_size=4)
+    s["rl_vision"].overrides.train.update(steps=2, eval_every=0, log_every=1)
+    s["dpo"].overrides.data.update(batch_size=4)
+    s["dpo"].overrides.train.update(steps=2, log_every=1)
+    config.dpo.update(prompts=8, samples=2, pairs_per_step=2, pair_source="reference")  # untrained: no on-policy pair
     config.rl.update(prompts_per_step=2, group_size=2, refresh_prompts=4, pass_k=2, max_rounds=1)
-  elif arg:
-    raise ValueError(f"unknown variant {arg!r} of the curriculum experiment (known: smoke)")
   return config

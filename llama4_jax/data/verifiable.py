@@ -36,9 +36,13 @@ from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import numpy as np
 
+from llama4_jax.data import visual_tasks
+
 ANSWER_TAG = "Answer:"
 FAMILIES = ("add", "sub", "mul", "sort", "reverse", "lookup", "countdown")
-LEVELS: Mapping[str, range] = {family: range(1, 5) for family in FAMILIES}
+# Image versions (llama4_jax/data/visual_tasks.py): the answer is only in the picture; for vision models' RL stages.
+IMAGE_FAMILIES = visual_tasks.FAMILIES
+LEVELS: Mapping[str, range] = {**{family: range(1, 5) for family in FAMILIES}, **visual_tasks.LEVELS}
 SPLITS = ("train", "held_out")
 HELD_OUT_PERCENT = 10
 
@@ -71,6 +75,13 @@ class Problem:
   prompt: str
   answer: str
   meta: Mapping[str, Any] = dataclasses.field(default_factory=dict, compare=False)
+  # uint8 [H, W, 3] pictures, one per `<|image|>` placeholder in the prompt (image families only).
+  images: tuple = dataclasses.field(default=(), compare=False)
+
+  @property
+  def split_key(self) -> str:
+    """What `split_of` hashes and what tells two problems apart: the prompt, plus content and pixels for images."""
+    return visual_tasks.split_key(self.prompt, self.meta, self.images) if self.images else self.prompt
 
   @property
   def completion(self) -> str:
@@ -80,7 +91,7 @@ class Problem:
 
 def _validate_family(family: str) -> None:
   if family not in LEVELS:
-    raise ValueError(f"unknown family {family!r}; allowed: {', '.join(FAMILIES)}")
+    raise ValueError(f"unknown family {family!r}; allowed: {', '.join(FAMILIES + IMAGE_FAMILIES)}")
 
 
 def _validate(family: str, level: int) -> None:
@@ -179,6 +190,10 @@ _GENERATORS: dict[str, Callable[[int, np.random.Generator], tuple[str, str, dict
 def make_problem(family: str, level: int, rng: np.random.Generator) -> Problem:
   """One problem of `family` at `level`, drawn from `rng` (the same generator state gives the same problem)."""
   _validate(family, level)
+  if family in visual_tasks.GENERATORS:
+    prompt, answer, meta, image = visual_tasks.GENERATORS[family](int(level), rng)
+    image.setflags(write=False)
+    return Problem(family, int(level), prompt, answer, meta, images=(image,))
   prompt, answer, meta = _GENERATORS[family](int(level), rng)
   return Problem(family, int(level), prompt, answer, meta)
 
@@ -275,7 +290,8 @@ def check(problem: Problem, completion: str) -> float:
 
 
 def split_of(prompt: str) -> str:
-  """'held_out' or 'train', a fixed function of the prompt text (stable across processes, unlike hash())."""
+  """'held_out' or 'train', a fixed function of the prompt text (stable across processes, unlike hash()); for an
+  image problem pass its `split_key`."""
   bucket = int.from_bytes(hashlib.sha256(prompt.encode("utf-8")).digest()[:8], "big") % 100
   return "held_out" if bucket < HELD_OUT_PERCENT else "train"
 
@@ -308,7 +324,8 @@ def _stream(grid: list[tuple[str, int]], n: int, seed: int, split: str, unique: 
   while produced < n:
     family, level = grid[int(rng.integers(len(grid)))]
     problem = make_problem(family, level, rng)
-    if split_of(problem.prompt) != split or (unique and problem.prompt in seen):
+    key = problem.split_key
+    if split_of(key) != split or (unique and key in seen):
       misses += 1
       # Held-out keeps ~1 draw in 10, so 10,000 misses in a row only happen once the grid is exhausted.
       if misses >= 10_000:
@@ -316,6 +333,6 @@ def _stream(grid: list[tuple[str, int]], n: int, seed: int, split: str, unique: 
       continue
     misses = 0
     if unique:
-      seen.add(problem.prompt)
+      seen.add(key)
     produced += 1
     yield problem

@@ -80,7 +80,7 @@ def resolve_stages(config: ConfigDict) -> list[tuple[str, str, ConfigDict]]:
     model_cfg = model_config(cfg)
     train_data.check_data_config(cfg.data, model_cfg)
     if kind in ("sft", "rl", "dpo"):
-      _check_post_training(name, kind, cfg)
+      _check_post_training(name, kind, cfg, model_cfg)
     if kind == "distill":
       try:
         distill.check_config(cfg, model_cfg)
@@ -103,18 +103,21 @@ def resolve_stages(config: ConfigDict) -> list[tuple[str, str, ConfigDict]]:
   return stages
 
 
-def _check_post_training(name: str, kind: str, cfg: ConfigDict) -> None:
-  """Task, filter and RL settings, and that every example (sft) or prompt + reply (rl) fits a row; no model needed."""
+def _check_post_training(name: str, kind: str, cfg: ConfigDict, model_cfg) -> None:
+  """Task, filter and RL settings, and that every example (sft) or prompt + reply (rl) fits a row; no weights needed."""
   try:
     sft.check_config(cfg)
+    sft.check_image_families(cfg, kind, model_cfg)
     chat = sft.ChatFormat(train_data.tokenizer_for(cfg.data.tokenizer_path, cfg.data.num_reserved_special_tokens))
     if kind in ("rl", "dpo"):
       (rl_stage if kind == "rl" else dpo_stage).check_config(cfg)
-      rl_stage.check_fits(cfg, chat)
+      rl_stage.check_fits(cfg, chat, model_cfg)
       if jax.process_count() > 1:
         raise ConfigError(f"{kind} stages run in a single process (their samples are drawn on the host)")
-    for split in ("train", "held_out"):
-      sft.check_fits([sft.encode_example(p, chat) for p in sft.task_problems(cfg.tasks, split)], cfg.data.seq_len)
+    for split in ("train", "held_out"):  # whole text examples (image prompts: rl_stage.check_fits above)
+      examples = [sft.encode_example(p, chat) for p in sft.task_problems(cfg.tasks, split) if not p.images]
+      if examples:
+        sft.check_fits(examples, cfg.data.seq_len)
   except (ConfigError, RuntimeError) as e:
     raise ConfigError(f"stages.{name}: {e}") from e
 

@@ -53,10 +53,18 @@ def check_config(cfg) -> None:
     raise ConfigError(str(e)) from e
 
 
-def check_fits(cfg, chat) -> None:
-  """Every prompt plus `tasks.max_new_tokens` generated tokens must fit a row of `data.seq_len`."""
+def _prompt_length(problem, chat, model_cfg) -> int:
+  ids = rollout.prompt_ids(problem, chat)
+  if not problem.images:
+    return len(ids)
+  return len(rollout.expand_images(model_cfg, ids, problem.images, chat.tokenizer)[0])
+
+
+def check_fits(cfg, chat, model_cfg: ModelConfig | None = None) -> None:
+  """Every prompt (image prompts expanded to their tokens) plus `tasks.max_new_tokens` generated tokens must fit a
+  row of `data.seq_len`."""
   for split in ("train", "held_out"):
-    longest = max(len(rollout.prompt_ids(p, chat)) for p in sft.task_problems(cfg.tasks, split))
+    longest = max(_prompt_length(p, chat, model_cfg) for p in sft.task_problems(cfg.tasks, split))
     need = longest + cfg.tasks.max_new_tokens - 1
     if need > cfg.data.seq_len:
       raise ConfigError(f"data.seq_len={cfg.data.seq_len} cannot hold the longest {split} prompt ({longest} tokens) "
@@ -78,8 +86,8 @@ def pass_at_k(model_cfg: ModelConfig, params, problems, tokenizer, *, k: int, te
 def _unique(problems) -> list[verifiable.Problem]:
   seen, out = set(), []
   for p in problems:
-    if p.prompt not in seen:
-      seen.add(p.prompt)
+    if p.split_key not in seen:  # image problems share their prompt text: the key adds content and pixels
+      seen.add(p.split_key)
       out.append(p)
   return out
 
@@ -87,16 +95,22 @@ def _unique(problems) -> list[verifiable.Problem]:
 def _group(ro: rollout.Rollouts, p: int) -> dict:
   rows = slice(p * ro.group_size, (p + 1) * ro.group_size)
   return {"prompt_tokens": ro.prompt_tokens[rows], "completion_tokens": ro.completion_tokens[rows],
-          "lengths": ro.completion_lengths_B[rows], "finished": ro.finished_B[rows]}
+          "lengths": ro.completion_lengths_B[rows], "finished": ro.finished_B[rows],
+          "pixels": None if ro.pixels_B is None else ro.pixels_B[rows]}
 
 
 def _as_rollouts(groups: list[dict], rewards_PG: np.ndarray) -> rollout.Rollouts:
+  shown = [g["pixels"] for g in groups if g["pixels"] is not None]
+  if shown:  # text groups of an image mix (sampled in a round that drew no image problem): rows with no tiles
+    empty = np.zeros((0, *shown[0][0].shape[1:]), np.float32)
+    groups = [g if g["pixels"] is not None else {**g, "pixels": (empty,) * len(g["prompt_tokens"])} for g in groups]
   return rollout.Rollouts(
       prompt_tokens=tuple(t for g in groups for t in g["prompt_tokens"]),
       completion_tokens=tuple(t for g in groups for t in g["completion_tokens"]),
       rewards_PG=np.asarray(rewards_PG, np.float32),
       completion_lengths_B=np.concatenate([g["lengths"] for g in groups]),
-      finished_B=np.concatenate([g["finished"] for g in groups]))
+      finished_B=np.concatenate([g["finished"] for g in groups]),
+      pixels_B=tuple(x for g in groups for x in g["pixels"]) if shown else None)
 
 
 class RLDriver:
@@ -107,6 +121,11 @@ class RLDriver:
     self.cfg, self.model_cfg, self.tok, self.seed = cfg, model_cfg, tokenizer, seed
     self.rl_cfg = rollout.RLConfig.from_config(r)
     self.problems = _unique(sft.task_problems(cfg.tasks, "train"))
+    # Image tasks: every rollout row carries its tiles, padded to one fixed count (one compiled update shape).
+    # A vision model samples text problems with images=[] too, so every batch of such a stage has pixels.
+    self.with_images = any(p.images for p in self.problems)
+    self.tiles_per_row = (model_cfg.vision.max_num_tiles + 1) * max(len(p.images) for p in self.problems) \
+        if self.with_images else None
     self.held_out = sft.task_problems(cfg.tasks, "held_out")
     self.pool = rl.PassRatePool(list(range(len(self.problems))), low=r.pool_low, high=r.pool_high,
                                 decay=r.pool_decay, refresh_every=r.refresh_every)
@@ -165,7 +184,8 @@ class RLDriver:
       return state, {**metrics, "loss": 0.0, "tokens": 0.0, "no_signal_step": 1}
     filler = [_group(last, 0)] * missing  # masked out below: shapes stay fixed, no gradient from them
     rewards_PG = np.concatenate([rewards, np.zeros((missing, r.group_size), np.float32)])
-    batch = rollout.rollout_batch(_as_rollouts(groups + filler, rewards_PG), self.cfg.data.seq_len)
+    batch = rollout.rollout_batch(_as_rollouts(groups + filler, rewards_PG), self.cfg.data.seq_len,
+                                  tiles_per_row=self.tiles_per_row)
     batch["loss_mask"][len(groups) * r.group_size:] = 0
     advantages_B = rl.group_advantages(jnp.asarray(rewards_PG), r.advantage).reshape(-1)
     logp_old = self._logp(state.params, batch)

@@ -34,9 +34,9 @@ import numpy as np
 import optax
 
 from llama4_jax.config import ModelConfig
-from llama4_jax.data import verifiable
+from llama4_jax.data import verifiable, visual_tasks
 from llama4_jax.data.tokenizer import ChatFormat, Tokenizer
-from llama4_jax.generate import generate, stop_ids
+from llama4_jax.generate import generate, prepare_images, stop_ids
 from llama4_jax.model import apply
 from llama4_jax.sampling import Sampling
 from llama4_jax.train import rl
@@ -104,6 +104,9 @@ class Rollouts:
   finished_B: np.ndarray
   problems: tuple[verifiable.Problem, ...] = ()
   completions: tuple[str, ...] = ()
+  # Image prompts only: each row's image tiles float32 [tiles, C, S, S] (the preprocessed pictures behind its
+  # `<|patch|>` tokens, which prompt_tokens then hold expanded); None for text prompts.
+  pixels_B: tuple[np.ndarray, ...] | None = None
 
   @property
   def group_size(self) -> int:
@@ -115,8 +118,28 @@ class Rollouts:
 
 
 def prompt_ids(problem: verifiable.Problem, chat: ChatFormat) -> list[int]:
-  """The problem's prompt as one user turn of the Llama 4 chat template, ending in an open assistant header."""
-  return chat.encode_dialog_prompt([{"role": "user", "content": problem.prompt}])
+  """The problem's prompt as one user turn of the Llama 4 chat template, ending in an open assistant header.
+
+  An image problem's `<|image|>` placeholders become the `<|image|>` token (elsewhere special-token text in chat
+  content stays plain text); `generate` and `expand_images` replace each by its picture's token block."""
+  if not problem.images:
+    return chat.encode_dialog_prompt([{"role": "user", "content": problem.prompt}])
+  tok = chat.tokenizer
+  content: list[int] = []
+  for i, part in enumerate(problem.prompt.split(visual_tasks.IMAGE_PLACEHOLDER)):
+    if i:
+      content.append(tok.special_tokens[visual_tasks.IMAGE_PLACEHOLDER])
+    if part:
+      content += tok.encode(part)
+  return ([tok.bos_id] + chat.encode_header("user") + content + [tok.eot_id] + chat.encode_header("assistant"))
+
+
+def expand_images(model_cfg: ModelConfig, prompt: Sequence[int], images: Sequence, tokenizer: Tokenizer):
+  """(prompt with each `<|image|>` expanded to its picture's tokens, float32 tiles [n, C, S, S]): what `generate`
+  feeds the model for this prompt, laid out for a training row (llama4_jax.model.apply's pixels)."""
+  expanded, pixels = prepare_images(model_cfg, [list(prompt)], [list(images)], tokenizer)
+  tiles = int(sum(1 for t in expanded[0] if t == model_cfg.vision.image_token_id)) // model_cfg.vision.tokens_per_tile
+  return tuple(expanded[0]), pixels[0, :tiles]
 
 
 def completion_text(tokenizer: Tokenizer, completion: Sequence[int]) -> str:
@@ -126,10 +149,12 @@ def completion_text(tokenizer: Tokenizer, completion: Sequence[int]) -> str:
 
 def sample_token_groups(model_cfg: ModelConfig, params, prompts_P: Sequence[Sequence[int]], group_size: int,
                         reward_fn: Callable[[int, list[int]], float], *, max_new_tokens: int, sampling: Sampling,
-                        tokenizer: Tokenizer | None = None) -> Rollouts:
+                        tokenizer: Tokenizer | None = None, images_P: Sequence[Sequence] | None = None) -> Rollouts:
   """Samples `group_size` completions per token prompt in one `generate` call; reward_fn(p, completion) scores each.
 
   The token-level core of `sample_groups`, for rewards that are not `verifiable.check` (e.g. synthetic bandits).
+  images_P: per prompt, the pictures of its `<|image|>` tokens (a model with a vision tower; needs `tokenizer`);
+  the rollouts then hold the expanded prompts and each row's tiles (`Rollouts.pixels_B`).
   """
   if isinstance(group_size, bool) or not isinstance(group_size, (int, np.integer)) or group_size < 2:
     raise ValueError(f"group_size={group_size!r} must be an integer >= 2: an advantage needs two samples per prompt")
@@ -137,32 +162,50 @@ def sample_token_groups(model_cfg: ModelConfig, params, prompts_P: Sequence[Sequ
     raise ValueError("no prompts given")
   if sampling.temperature == 0.0:
     raise ValueError("sampling.temperature=0 is greedy: all group_size samples of a prompt would be identical")
+  if images_P is not None and len(images_P) != len(prompts_P):
+    raise ValueError(f"images_P holds {len(images_P)} entries for {len(prompts_P)} prompts")
   rows_B = [tuple(int(t) for t in p) for p in prompts_P for _ in range(group_size)]
+  images_B = None if images_P is None else [list(i) for i in images_P for _ in range(group_size)]
   completions_B = generate(model_cfg, params, rows_B, max_new_tokens=max_new_tokens, sampling=sampling,
-                           tokenizer=tokenizer)
+                           tokenizer=tokenizer, images=images_B)
   stops = set(stop_ids(model_cfg, sampling, tokenizer))
   rewards_B = [reward_fn(b // group_size, c) for b, c in enumerate(completions_B)]
+  pixels_B = None
+  if images_P is not None:  # the same expansion generate did, once per prompt, kept for the update's batch
+    expanded = [expand_images(model_cfg, p, i, tokenizer) for p, i in zip(prompts_P, images_P)]
+    rows_B = [expanded[b // group_size][0] for b in range(len(rows_B))]
+    pixels_B = tuple(expanded[b // group_size][1] for b in range(len(rows_B)))
   return Rollouts(
       prompt_tokens=tuple(rows_B), completion_tokens=tuple(tuple(c) for c in completions_B),
       rewards_PG=np.asarray(rewards_B, np.float32).reshape(len(prompts_P), group_size),
       completion_lengths_B=np.asarray([len(c) for c in completions_B], np.int32),
-      finished_B=np.asarray([bool(c) and c[-1] in stops for c in completions_B], bool))
+      finished_B=np.asarray([bool(c) and c[-1] in stops for c in completions_B], bool), pixels_B=pixels_B)
 
 
 def sample_groups(model_cfg: ModelConfig, params, problems: Sequence[verifiable.Problem], group_size: int, *,
                   max_new_tokens: int, sampling: Sampling, tokenizer: Tokenizer) -> Rollouts:
-  """G chat-formatted samples per problem, scored 1.0 / 0.0 by `verifiable.check` on the decoded completion."""
+  """G chat-formatted samples per problem, scored 1.0 / 0.0 by `verifiable.check` on the decoded completion.
+  Image problems are shown their pictures (text problems in the same call get none): the model needs a vision tower."""
   problems = tuple(problems)
   chat = ChatFormat(tokenizer)
+  with_images = any(p.images for p in problems)
+  if with_images and model_cfg.vision is None:
+    family = next(p.family for p in problems if p.images)
+    raise ValueError(f"image problems ({family}) need a model with a vision tower (model.vision)")
   score = lambda p, completion: verifiable.check(problems[p], completion_text(tokenizer, completion))  # noqa: E731
   rollouts = sample_token_groups(model_cfg, params, [prompt_ids(p, chat) for p in problems], group_size, score,
-                                 max_new_tokens=max_new_tokens, sampling=sampling, tokenizer=tokenizer)
+                                 max_new_tokens=max_new_tokens, sampling=sampling, tokenizer=tokenizer,
+                                 images_P=[p.images for p in problems] if with_images else None)
   texts = tuple(completion_text(tokenizer, c) for c in rollouts.completion_tokens)
   return dataclasses.replace(rollouts, problems=problems, completions=texts)
 
 
-def rollout_batch(rollouts: Rollouts, seq_len: int, pad_id: int = 0) -> dict[str, np.ndarray]:
+def rollout_batch(rollouts: Rollouts, seq_len: int, pad_id: int = 0,
+                  tiles_per_row: int | None = None) -> dict[str, np.ndarray]:
   """int32 [B, seq_len] arrays in train/step.py's batch format, one rollout per row (row b = p * G + g).
+
+  Image rollouts add "pixels": float32 [B, tiles_per_row, C, S, S], each row's tiles then zero tiles
+  (tiles_per_row defaults to the most any row has; fix it to keep one compiled shape across steps).
 
   With tokens = prompt + completion (n of them): inputs = tokens[:-1], targets = tokens[1:], positions 0..n-2,
   segment_ids 1 there and 0 on the padding after it, loss_mask 1 exactly where the target is a completion token
@@ -189,12 +232,21 @@ def rollout_batch(rollouts: Rollouts, seq_len: int, pad_id: int = 0) -> dict[str
     batch["segment_ids"][i, :n] = 1
     # targets[t] = tokens[t + 1] is a completion token from t = len(prompt) - 1 on.
     batch["loss_mask"][i, len(prompt) - 1:n] = 1
+  if rollouts.pixels_B is not None:
+    most = max(p.shape[0] for p in rollouts.pixels_B)
+    n_tiles = most if tiles_per_row is None else tiles_per_row
+    if most > n_tiles:
+      raise ValueError(f"a rollout has {most} image tiles but tiles_per_row={n_tiles}")
+    pixels = np.zeros((b, max(n_tiles, 1), *rollouts.pixels_B[0].shape[1:]), np.float32)
+    for i, p in enumerate(rollouts.pixels_B):
+      pixels[i, :p.shape[0]] = p
+    batch["pixels"] = pixels
   return batch
 
 
 def _policy_logits(model_cfg: ModelConfig, params, batch, temperature: float, parallel=None):
   logits_BLV, aux = apply(model_cfg, params, batch["inputs"], batch["positions"], batch["segment_ids"],
-                          parallel=parallel)
+                          parallel=parallel, pixels_BNCHW=batch.get("pixels"))
   return logits_BLV / temperature, aux  # a plain division, so a traced temperature works too
 
 

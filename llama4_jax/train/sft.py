@@ -35,6 +35,7 @@ from llama4_jax.data.tokenizer import ChatFormat
 from llama4_jax.generate import generate
 from llama4_jax.model import apply
 from llama4_jax.sampling import Sampling
+from llama4_jax.train import rollout
 
 FILTER_METRICS = ("loss", "pass_rate")
 _ROW_KEYS = ("inputs", "targets", "positions", "segment_ids", "loss_mask")
@@ -43,9 +44,10 @@ _ROW_KEYS = ("inputs", "targets", "positions", "segment_ids", "loss_mask")
 def check_config(cfg) -> None:
   """Raises ConfigError naming the key for task / SFT settings that cannot work (before anything is compiled)."""
   t, s = cfg.tasks, cfg.sft
+  known = verifiable.FAMILIES + verifiable.IMAGE_FAMILIES
   for family in t.families:
-    if family not in verifiable.FAMILIES:
-      raise ConfigError(f"tasks.families: unknown family {family!r}; known: {', '.join(verifiable.FAMILIES)}")
+    if family not in known:
+      raise ConfigError(f"tasks.families: unknown family {family!r}; known: {', '.join(known)}")
     for level in t.levels:
       if level not in verifiable.LEVELS[family]:
         levels = verifiable.LEVELS[family]
@@ -61,6 +63,20 @@ def check_config(cfg) -> None:
   if s.pass_rate_samples < 1 or s.score_batch_size < 1:
     raise ConfigError(f"sft.pass_rate_samples and sft.score_batch_size must be >= 1, got "
                       f"{s.pass_rate_samples} and {s.score_batch_size}")
+
+
+def check_image_families(cfg, kind: str, model_cfg: ModelConfig) -> None:
+  """Image task families (verifiable.IMAGE_FAMILIES) are for `rl` stages of a model with a vision tower: SFT and
+  DPO rows carry no pictures, so there the `<|image|>` prompt would be trained on as text."""
+  images = [f for f in cfg.tasks.families if f in verifiable.IMAGE_FAMILIES]
+  if not images:
+    return
+  if kind != "rl":
+    raise ConfigError(f"tasks.families holds image families {images}; a {kind!r} stage takes text families only "
+                      f"(image tasks run in 'rl' stages)")
+  if model_cfg.vision is None:
+    raise ConfigError(f"tasks.families holds image families {images} but the model has no vision tower "
+                      "(model.vision.enabled is False)")
 
 
 def task_problems(tasks_cfg, split: str) -> list[verifiable.Problem]:
@@ -177,12 +193,14 @@ def completions(model_cfg: ModelConfig, params, problems: Sequence[verifiable.Pr
                 max_new_tokens: int, sampling: Sampling, batch_size: int) -> list[str]:
   """One reply per problem (generated after the open assistant header), decoded without its stop token."""
   tok = chat.tokenizer
-  prompts = [chat.encode_dialog_prompt(prompt_messages(p)) for p in problems]
+  prompts = [rollout.prompt_ids(p, chat) for p in problems]
+  images = [list(p.images) for p in problems] if any(p.images for p in problems) else None
   texts = []
   for i in range(0, len(prompts), batch_size):
     chunk = prompts[i:i + batch_size]
     s = dataclasses.replace(sampling, seed=sampling.seed + i)  # each chunk its own noise
-    for ids in generate(model_cfg, params, chunk, max_new_tokens=max_new_tokens, sampling=s, tokenizer=tok):
+    for ids in generate(model_cfg, params, chunk, max_new_tokens=max_new_tokens, sampling=s, tokenizer=tok,
+                        images=None if images is None else images[i:i + batch_size]):
       texts.append(tok.decode([t for t in ids if t not in tok.stop_ids]))
   return texts
 

@@ -73,7 +73,8 @@ def test_sample_groups_repeats_prompts_and_scores_with_check(tok, monkeypatch):
   fake = [right[0], wrong, cut, right[1], reasoned, wrong]
   seen = {}
 
-  def fake_generate(cfg, params, prompts, *, max_new_tokens, sampling, tokenizer):
+  def fake_generate(cfg, params, prompts, *, max_new_tokens, sampling, tokenizer, images=None):
+    assert images is None  # text problems: no pictures
     seen["prompts"] = prompts
     return [list(c) for c in fake]
 
