@@ -17,6 +17,10 @@ Logged per step: reward_mean (kept groups), reward_mean_sampled (every sampled g
 entropy, clip_fraction, approx_kl (with a reference), response_length, pool_in_band_fraction, pool_mean_pass_rate,
 generated_tokens_per_s and update_tokens_per_s. Evaluations add greedy pass@1 and pass@k (`rl.pass_k` samples at
 `rl.temperature`) on the held-out problems, overall and per family.
+
+Multimodal RL: with image families in `tasks.families` (a model with a vision tower), the generator sees each
+prompt's picture and every update row carries its tiles, padded to `vision.max_num_tiles + 1` per image so that the
+update compiles once.
 """
 
 from __future__ import annotations
