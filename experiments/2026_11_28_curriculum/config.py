@@ -47,7 +47,7 @@ def get_config(arg: str = ""):
           optim=dict(learning_rate=3e-3, warmup_steps=20), model=theta),
       "rl": base.stage(
           "rl", data=dict(seq_len=128), train=dict(steps=100, eval_every=50, log_every=5, checkpoint_every=25),
-          optim=dict(learning_rate=1e-3, warmup_steps=5, schedule="constant", weight_decay=0.0), model=theta),
+          optim=dict(learning_rate=2e-4, warmup_steps=5, schedule="constant", weight_decay=0.0), model=theta),
       "rl_vision": base.stage(
           "rl", data=dict(seq_len=144), tasks=images,
           train=dict(steps=40, eval_every=20, log_every=5, checkpoint_every=20),
