@@ -11,7 +11,8 @@ rejected reply, at a low rate). The question: does online RL raise the held-out 
 and on which task families? Held-out greedy pass@1 (and pass@k after RL) are logged at the end of each
 post-training stage (256 held-out text problems, 128 per family; 128 image problems), beside the held-out image-text
 answer loss with and without the image; results in NOTES.md beside this file. Post-training rows are 128 tokens (the
-held-out image-text examples every stage of a vision model evaluates need that). About 40 minutes on the 2-core machine.
+held-out image-text examples every stage of a vision model evaluates need that). The text RL stage's rate is 2e-4:
+1e-3 collapsed the policy in the second run (NOTES.md). About 50 minutes on the 2-core machine.
 Variants: `:smoke` shrinks every stage to seconds.
 """
 
