@@ -238,10 +238,10 @@ def stream(config, params, prompt: Sequence[int], *, max_new_tokens: int, sampli
       return
 
 
-def load_checkpoint(path: str):
-  """(ModelConfig, params, tokenizer) from a training workdir (its last stage's newest checkpoint) or a Hugging Face
-  directory (config.json + safetensors; `tokenizer.model` beside them, else the embedded tiny tokenizer when the
-  vocabulary is its size)."""
+def load_checkpoint(path: str, stage: str | None = None):
+  """(ModelConfig, params, tokenizer) from a training workdir (its last stage's newest checkpoint, or `stage`'s) or a
+  Hugging Face directory (config.json + safetensors; `tokenizer.model` beside them, else the embedded tiny tokenizer
+  when the vocabulary is its size)."""
   from llama4_jax.data.tokenizer import Tokenizer
   path = os.path.abspath(path)
   if os.path.isfile(os.path.join(path, "config.json")):
@@ -256,7 +256,7 @@ def load_checkpoint(path: str):
                             f"not match the model's vocab_size={cfg.vocab_size}")
     return cfg, params, tok
   if os.path.isfile(os.path.join(path, "experiment.json")):
-    return _load_workdir(path)
+    return _load_workdir(path, stage)
   raise GenerationError(f"{path}: neither a training workdir (experiment.json) nor a Hugging Face checkpoint "
                         "directory (config.json)")
 
@@ -266,7 +266,7 @@ def _ranks(tok_file: str) -> int:
     return sum(1 for line in f if line.strip())
 
 
-def _load_workdir(path: str):
+def _load_workdir(path: str, stage: str | None = None):
   import json
 
   import orbax.checkpoint as ocp
@@ -276,13 +276,16 @@ def _load_workdir(path: str):
   from llama4_jax.model import param_shapes
   with open(os.path.join(path, "experiment.json")) as f:
     stages = json.load(f)
-  for name in reversed(list(stages)):
+  if stage is not None and stage not in stages:
+    raise GenerationError(f"{path}: no stage {stage!r} in this workdir (stages: {', '.join(stages)})")
+  for name in reversed(list(stages) if stage is None else [stage]):
     directory = os.path.join(path, "checkpoints", name)
     steps = sorted(int(s) for s in os.listdir(directory) if s.isdigit()) if os.path.isdir(directory) else []
     if steps:
       break
   else:
-    raise GenerationError(f"{path}: no checkpoint found in any stage ({', '.join(stages)})")
+    where = f"stage {stage!r}" if stage is not None else f"any stage ({', '.join(stages)})"
+    raise GenerationError(f"{path}: no checkpoint found in {where}")
   entry = stages[name]
   cfg = from_config_dict(entry["model"])
   abstract = jax.tree_util.tree_map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype), param_shapes(cfg))

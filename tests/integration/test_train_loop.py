@@ -206,10 +206,16 @@ def test_run_stops_after_consecutive_nonfinite_updates(tmp_path):
 
 
 def test_generate_command_loads_the_training_workdir(reference_run):
-  from llama4_jax.generate import load_checkpoint
+  from llama4_jax.generate import GenerationError, load_checkpoint
   from tests.integration.test_generate_cli import run_generate
   workdir, _ = reference_run
   cfg, params, tok = load_checkpoint(workdir)  # the last stage's newest checkpoint
   assert cfg.hidden_size == 64 and tok.vocab_size == cfg.vocab_size and params["embed"].shape == (4096, 64)
+  # A named stage: pretraining's own model config (mid-training raised the RoPE base) and its own weights.
+  pre_cfg, pre_params, _ = load_checkpoint(workdir, stage="pretrain")
+  assert (pre_cfg.rope_theta, cfg.rope_theta) == (5e5, 2e6)
+  assert not np.array_equal(np.asarray(pre_params["embed"]), np.asarray(params["embed"]))
+  with pytest.raises(GenerationError, match="no stage 'sft' in this workdir"):
+    load_checkpoint(workdir, stage="sft")
   code, out, err = run_generate(f"--checkpoint={workdir}", "--prompt=The function", "--max_new_tokens=4")
   assert code == 0, err

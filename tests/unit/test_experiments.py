@@ -9,6 +9,8 @@ import os
 import subprocess
 import sys
 
+import numpy as np
+
 from tests.integration import subprocess_env
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -51,3 +53,16 @@ def test_curriculum_follows_the_llama4_order():
   vision_stage = config.stages[config.stage_order[4]].overrides
   assert config.model.vision.enabled and all(f.startswith("image_") for f in vision_stage.tasks.families)
   assert not any(f.startswith("image_") for f in config.tasks.families)
+
+
+def test_curriculum_paired_evaluation_statistics():
+  paired = _load(os.path.join(REPO, "experiments", "2026_11_28_curriculum", "paired_eval.py"))
+  # Exact McNemar: 25 problems gained and 10 lost -> 2 * P(Binomial(35, 1/2) <= 10).
+  want = 2 * sum(__import__("math").comb(35, i) for i in range(11)) / 2 ** 35
+  assert abs(paired.mcnemar_p(25, 10) - want) < 1e-12 and 0.016 < want < 0.017
+  assert paired.mcnemar_p(0, 0) == 1.0 and paired.mcnemar_p(7, 7) == 1.0 and paired.mcnemar_p(6, 0) == 2 / 64
+  before = np.array([1, 1, 0, 0, 1, 0], bool)
+  after = np.array([1, 0, 1, 1, 1, 0], bool)
+  out = paired.compare(before, after, ["a", "a", "a", "b", "b", "b"])
+  assert out["all"] == {"problems": 6, "before": 0.5, "after": 0.6667, "gained": 2, "lost": 1, "mcnemar_p": 1.0}
+  assert (out["a"]["gained"], out["a"]["lost"], out["b"]["gained"], out["b"]["lost"]) == (1, 1, 1, 0)
