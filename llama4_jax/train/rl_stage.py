@@ -125,8 +125,9 @@ class RLDriver:
     self.cfg, self.model_cfg, self.tok, self.seed = cfg, model_cfg, tokenizer, seed
     self.rl_cfg = rollout.RLConfig.from_config(r)
     self.problems = _unique(sft.task_problems(cfg.tasks, "train"))
-    # Image tasks: every rollout row carries its tiles, padded to one fixed count (one compiled update shape).
-    # A vision model samples text problems with images=[] too, so every batch of such a stage has pixels.
+    # Image tasks: every rollout row carries its tiles, padded to one fixed count (one compiled update shape). In a
+    # text + image mix, text groups of a batch that holds image groups get zero tiles (`_as_rollouts`); a batch of
+    # text groups only has no pixels (a second compiled shape).
     self.with_images = any(p.images for p in self.problems)
     self.tiles_per_row = (model_cfg.vision.max_num_tiles + 1) * max(len(p.images) for p in self.problems) \
         if self.with_images else None
