@@ -39,6 +39,9 @@ def get_config(arg: str = ""):
   theta = dict(rope_theta=2e6)  # the stages after mid-training keep its RoPE base
   images = dict(families=("image_count", "image_number"), levels=(1,), train_problems=2000, eval_problems=128,
                 max_new_tokens=8)
+  # sft_vision: the image families with the text families as replay (a quarter of the candidates each)
+  mixed = dict(families=("sort", "lookup", "image_count", "image_number"), levels=(1,), train_problems=2000,
+               eval_problems=128, max_new_tokens=8)
   config.stages = {
       "pretrain": base.stage("lm"),
       "midtrain": base.stage(
@@ -51,6 +54,9 @@ def get_config(arg: str = ""):
       "rl": base.stage(
           "rl", data=dict(seq_len=128), train=dict(steps=100, eval_every=50, log_every=5, checkpoint_every=25),
           optim=dict(learning_rate=3e-4, warmup_steps=5, schedule="constant", weight_decay=0.0), model=theta),
+      "sft_vision": base.stage(
+          "sft", data=dict(seq_len=128, batch_size=16), tasks=mixed, train=dict(steps=60, eval_every=60, log_every=10),
+          optim=dict(learning_rate=1e-3, warmup_steps=5), model=theta),
       "rl_vision": base.stage(
           "rl", data=dict(seq_len=144), tasks=images,
           train=dict(steps=40, eval_every=20, log_every=5, checkpoint_every=20),
@@ -59,7 +65,7 @@ def get_config(arg: str = ""):
           "dpo", data=dict(seq_len=128), train=dict(steps=12, eval_every=0, log_every=2, checkpoint_every=12),
           optim=dict(learning_rate=3e-5, warmup_steps=2, schedule="constant", weight_decay=0.0), model=theta),
   }
-  config.stage_order = ("pretrain", "midtrain", "sft", "rl", "rl_vision", "dpo")
+  config.stage_order = ("pretrain", "midtrain", "sft", "rl", "sft_vision", "rl_vision", "dpo")
   if smoke:
     config.train.update(steps=6)
     config.tasks.update(train_problems=64, eval_problems=8, max_new_tokens=6)
@@ -70,6 +76,9 @@ def get_config(arg: str = ""):
     s["sft"].overrides.train.update(steps=4, eval_every=0, log_every=1)
     s["rl"].overrides.data.update(batch_size=4)
     s["rl"].overrides.train.update(steps=2, eval_every=0, log_every=1)
+    s["sft_vision"].overrides.tasks.update(train_problems=32, eval_problems=8, max_new_tokens=4)
+    s["sft_vision"].overrides.data.update(batch_size=4)
+    s["sft_vision"].overrides.train.update(steps=2, eval_every=0, log_every=1)
     s["rl_vision"].overrides.tasks.update(train_problems=16, eval_problems=4, max_new_tokens=4)
     s["rl_vision"].overrides.data.update(batch_size=4)
     s["rl_vision"].overrides.train.update(steps=2, eval_every=0, log_every=1)

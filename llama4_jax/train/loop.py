@@ -114,10 +114,12 @@ def _check_post_training(name: str, kind: str, cfg: ConfigDict, model_cfg) -> No
       rl_stage.check_fits(cfg, chat, model_cfg)
       if jax.process_count() > 1:
         raise ConfigError(f"{kind} stages run in a single process (their samples are drawn on the host)")
-    for split in ("train", "held_out"):  # whole text examples (image prompts: rl_stage.check_fits above)
-      examples = [sft.encode_example(p, chat) for p in sft.task_problems(cfg.tasks, split) if not p.images]
+    for split in ("train", "held_out"):  # whole examples (rl / dpo: image prompts are checked above)
+      problems = [p for p in sft.task_problems(cfg.tasks, split) if kind == "sft" or not p.images]
+      examples = [sft.encode_example(p, chat, model_cfg) for p in problems]
       if examples:
-        sft.check_fits(examples, cfg.data.seq_len)
+        tiles = sft.tile_layout(model_cfg, examples, cfg.data.get("tiles_per_row", 0))[0]
+        sft.check_fits(examples, cfg.data.seq_len, tiles)
   except (ConfigError, RuntimeError) as e:
     raise ConfigError(f"stages.{name}: {e}") from e
 

@@ -14,6 +14,10 @@ verifiable.py problems of `tasks.families` x `tasks.levels`, train split):
      first. Kept and dropped counts are logged.
   3. Kept examples are packed whole into rows of `data.seq_len` tokens (an example is never split across rows), each
      its own segment: positions restart at 0 and attention never crosses examples (the model masks by segment id).
+Image problems (verifiable.IMAGE_FAMILIES, on a model with a vision tower): the prompt's `<|image|>` placeholder is
+expanded to the picture's token block exactly as the generator expands it (`rollout.expand_images`), and the row
+carries the picture's tiles in `pixels` [data.tiles_per_row, C, S, S] (a row holds examples until its tokens or its
+tile slots run out). When no candidate has a picture, rows have no `pixels` (text SFT as before).
 Held out: the answer loss on `tasks.eval_problems` held-out problems (one per row) and their greedy pass@1, overall
 and per family, by generating a reply with the KV-cache generator and checking it.
 """
@@ -66,14 +70,14 @@ def check_config(cfg) -> None:
 
 
 def check_image_families(cfg, kind: str, model_cfg: ModelConfig) -> None:
-  """Image task families (verifiable.IMAGE_FAMILIES) are for `rl` stages of a model with a vision tower: SFT and
+  """Image task families (verifiable.IMAGE_FAMILIES) are for `sft` and `rl` stages of a model with a vision tower:
   DPO rows carry no pictures, so there the `<|image|>` prompt would be trained on as text."""
   images = [f for f in cfg.tasks.families if f in verifiable.IMAGE_FAMILIES]
   if not images:
     return
-  if kind != "rl":
+  if kind not in ("sft", "rl"):
     raise ConfigError(f"tasks.families holds image families {images}; a {kind!r} stage takes text families only "
-                      f"(image tasks run in 'rl' stages)")
+                      f"(image tasks run in 'sft' and 'rl' stages)")
   if model_cfg.vision is None:
     raise ConfigError(f"tasks.families holds image families {images} but the model has no vision tower "
                       "(model.vision.enabled is False)")
@@ -89,32 +93,69 @@ def prompt_messages(problem: verifiable.Problem) -> list[dict]:
   return [{"role": "user", "content": problem.prompt}]
 
 
-def encode_example(problem: verifiable.Problem, chat: ChatFormat) -> dict[str, np.ndarray]:
-  """inputs / targets / loss_mask (int32 [n]) of the dialog; the mask is on targets that are reply tokens."""
-  ids, mask = chat.chat_tokens_with_mask(prompt_messages(problem) + [{"role": "assistant",
-                                                                      "content": problem.answer}])
-  ids, mask = np.asarray(ids, np.int32), np.asarray(mask, np.int32)
-  return {"inputs": ids[:-1], "targets": ids[1:], "loss_mask": mask[1:]}
+def encode_example(problem: verifiable.Problem, chat: ChatFormat,
+                   model_cfg: ModelConfig | None = None) -> dict[str, np.ndarray]:
+  """inputs / targets / loss_mask (int32 [n]) of the dialog; the mask is on targets that are reply tokens.
+
+  An image problem (needs `model_cfg` with a vision tower) gets its prompt as the generator sees it (placeholder
+  expanded to the picture's tokens) and "tiles": float32 [n_tiles, C, S, S]."""
+  if not problem.images:
+    ids, mask = chat.chat_tokens_with_mask(prompt_messages(problem) + [{"role": "assistant",
+                                                                        "content": problem.answer}])
+    ids, mask = np.asarray(ids, np.int32), np.asarray(mask, np.int32)
+    return {"inputs": ids[:-1], "targets": ids[1:], "loss_mask": mask[1:]}
+  if model_cfg is None or model_cfg.vision is None:
+    raise ConfigError(f"an {problem.family!r} problem carries a picture but the model has no vision tower")
+  tok = chat.tokenizer
+  prompt, tiles = rollout.expand_images(model_cfg, rollout.prompt_ids(problem, chat), problem.images, tok)
+  reply = tok.encode(problem.answer) + [tok.eot_id]  # what chat_tokens_with_mask writes for an assistant turn
+  ids = np.asarray(list(prompt) + reply, np.int32)
+  mask = np.asarray([0] * len(prompt) + [1] * len(reply), np.int32)
+  return {"inputs": ids[:-1], "targets": ids[1:], "loss_mask": mask[1:], "tiles": tiles}
 
 
-def check_fits(examples: Sequence[dict], seq_len: int) -> None:
+def _tiles(example: dict) -> int:
+  return example["tiles"].shape[0] if "tiles" in example else 0
+
+
+def check_fits(examples: Sequence[dict], seq_len: int, tiles_per_row: int | None = None) -> None:
   longest = max(len(e["inputs"]) for e in examples)
   if longest > seq_len:
     raise ConfigError(f"data.seq_len={seq_len} is shorter than the longest SFT example ({longest} tokens); raise "
                       "it or use lower tasks.levels")
+  most = max(_tiles(e) for e in examples)
+  if most and (tiles_per_row is None or most > tiles_per_row):
+    raise ConfigError(f"data.tiles_per_row={tiles_per_row} is fewer than the {most} image tiles of an SFT example; "
+                      "raise data.tiles_per_row")
 
 
-def pack_row(examples: Sequence[dict], seq_len: int) -> dict[str, np.ndarray]:
-  """One row: the examples back to back, segment ids 1, 2, ..., positions from 0 in each, zeros after."""
+def pack_row(examples: Sequence[dict], seq_len: int, tiles_per_row: int | None = None,
+             tile_shape: tuple[int, ...] | None = None) -> dict[str, np.ndarray]:
+  """One row: the examples back to back, segment ids 1, 2, ..., positions from 0 in each, zeros after. With
+  `tiles_per_row` (and `tile_shape` (C, S, S)) the row also holds `pixels`: the examples' tiles in order, then
+  zero tiles."""
   row = {k: np.zeros(seq_len, np.int32) for k in _ROW_KEYS}
-  at = 0
+  if tiles_per_row is not None:
+    row["pixels"] = np.zeros((tiles_per_row, *tile_shape), np.float32)
+  at = tile = 0
   for seg, e in enumerate(examples, start=1):
     n = len(e["inputs"])
     for k in ("inputs", "targets", "loss_mask"):
       row[k][at:at + n] = e[k]
     row["positions"][at:at + n], row["segment_ids"][at:at + n] = np.arange(n), seg
     at += n
+    if _tiles(e):
+      row["pixels"][tile:tile + _tiles(e)] = e["tiles"]
+      tile += _tiles(e)
   return row
+
+
+def tile_layout(model_cfg: ModelConfig, examples: Sequence[dict], tiles_per_row: int):
+  """(tiles_per_row, tile_shape) for rows of `examples`: (None, None) when none carries a picture."""
+  if not any(_tiles(e) for e in examples):
+    return None, None
+  v = model_cfg.vision
+  return tiles_per_row, (v.num_channels, v.image_size, v.image_size)
 
 
 def stack_rows(rows: Sequence[dict]) -> dict[str, np.ndarray]:
@@ -122,11 +163,14 @@ def stack_rows(rows: Sequence[dict]) -> dict[str, np.ndarray]:
 
 
 class PackedExamples:
-  """Endless batches of packed rows over `examples`, reshuffled every epoch from `seed`; state = grain's."""
+  """Endless batches of packed rows over `examples`, reshuffled every epoch from `seed`; state = grain's. With
+  `tiles_per_row`, rows carry `pixels` and close when the next example's tiles would not fit either."""
 
-  def __init__(self, examples: Sequence[dict], seq_len: int, batch_size: int, seed: int, select=None):
-    check_fits(examples, seq_len)
+  def __init__(self, examples: Sequence[dict], seq_len: int, batch_size: int, seed: int, select=None,
+               tiles_per_row: int | None = None, tile_shape: tuple[int, ...] | None = None):
+    check_fits(examples, seq_len, tiles_per_row)
     self._examples, self._seq_len, self._batch_size = examples, seq_len, batch_size
+    self._tiles = (tiles_per_row, tile_shape)
     self._select = select or (lambda batch: batch)  # e.g. this process's rows of the global batch
     self._it = iter(grain.MapDataset.range(len(examples)).shuffle(seed=seed).repeat(None).to_iter_dataset())
     self._pending = None  # (grain state before it, example index) that did not fit the previous row
@@ -139,15 +183,15 @@ class PackedExamples:
     return state, int(next(self._it))
 
   def _row(self) -> dict:
-    docs, used = [], 0
+    docs, used, tiles = [], 0, 0
     while True:
       state, i = self._next()
-      n = len(self._examples[i]["inputs"])
-      if docs and used + n > self._seq_len:
+      n, t = len(self._examples[i]["inputs"]), _tiles(self._examples[i])
+      if docs and (used + n > self._seq_len or (t and tiles + t > self._tiles[0])):
         self._pending = (state, i)
-        return pack_row(docs, self._seq_len)
+        return pack_row(docs, self._seq_len, *self._tiles)
       docs.append(self._examples[i])
-      used += n
+      used, tiles = used + n, tiles + t
 
   def __iter__(self):
     return self
@@ -163,18 +207,20 @@ class PackedExamples:
     self._it.set_state(state)
 
 
-def one_per_row(examples: Sequence[dict], seq_len: int, batch_size: int) -> list[dict]:
+def one_per_row(examples: Sequence[dict], seq_len: int, batch_size: int, tiles_per_row: int | None = None,
+                tile_shape: tuple[int, ...] | None = None) -> list[dict]:
   """Batches with one example per row (scoring, held-out loss); the last batch is padded with loss-free rows."""
-  check_fits(examples, seq_len)
-  rows = [pack_row([e], seq_len) for e in examples]
-  rows += [pack_row([], seq_len)] * (-len(rows) % batch_size)
+  check_fits(examples, seq_len, tiles_per_row)
+  rows = [pack_row([e], seq_len, tiles_per_row, tile_shape) for e in examples]
+  rows += [pack_row([], seq_len, tiles_per_row, tile_shape)] * (-len(rows) % batch_size)
   return [stack_rows(rows[i:i + batch_size]) for i in range(0, len(rows), batch_size)]
 
 
 @functools.partial(jax.jit, static_argnums=0)
 def _reply_losses(model_cfg: ModelConfig, params, batch) -> jax.Array:
   """Mean cross entropy over each row's masked tokens, float32 [B] (rows without one: 0)."""
-  logits_BLV, _ = apply(model_cfg, params, batch["inputs"], batch["positions"], batch["segment_ids"])
+  logits_BLV, _ = apply(model_cfg, params, batch["inputs"], batch["positions"], batch["segment_ids"],
+                        pixels_BNCHW=batch.get("pixels"))
   logits_BLV = logits_BLV.astype(jnp.float32)
   target_BL = jnp.take_along_axis(logits_BLV, batch["targets"][..., None], axis=-1)[..., 0]
   ce_BL = jax.nn.logsumexp(logits_BLV, axis=-1) - target_BL
@@ -185,7 +231,10 @@ def _reply_losses(model_cfg: ModelConfig, params, batch) -> jax.Array:
 def reply_losses(model_cfg: ModelConfig, params, examples: Sequence[dict], batch_size: int) -> np.ndarray:
   """Per-example mean reply loss under `params`, float64 [N]."""
   seq_len = -(-max(len(e["inputs"]) for e in examples) // 8) * 8
-  out = [np.asarray(_reply_losses(model_cfg, params, b)) for b in one_per_row(examples, seq_len, batch_size)]
+  most = max(_tiles(e) for e in examples)
+  layout = tile_layout(model_cfg, examples, most)
+  out = [np.asarray(_reply_losses(model_cfg, params, b))
+         for b in one_per_row(examples, seq_len, batch_size, *layout)]
   return np.concatenate(out)[:len(examples)].astype(np.float64)
 
 
@@ -259,8 +308,11 @@ class SFTData:
     self.chat = ChatFormat(tokenizer)
     self.model_cfg, self.cfg = model_cfg, cfg
     candidates = task_problems(cfg.tasks, "train")
-    examples = [encode_example(p, self.chat) for p in candidates]
-    check_fits(examples, cfg.data.seq_len)
+    examples = [encode_example(p, self.chat, model_cfg) for p in candidates]
+    self.held_out = task_problems(cfg.tasks, "held_out")
+    held_out = [encode_example(p, self.chat, model_cfg) for p in self.held_out]
+    layout = tile_layout(model_cfg, examples + held_out, cfg.data.get("tiles_per_row", 0))
+    check_fits(examples, cfg.data.seq_len, layout[0])
     s = cfg.sft
     if s.drop_easiest > 0 and s.filter_metric == "loss":
       scores = reply_losses(model_cfg, params, examples, s.score_batch_size)
@@ -274,10 +326,9 @@ class SFTData:
                                                         easy_is_high=s.filter_metric == "pass_rate")
     self.filter_stats["sft_mean_score_kept"] = float(np.mean(scores[kept]))
     self.filter_stats["sft_mean_score_all"] = float(np.mean(scores))
-    self.train = PackedExamples([examples[i] for i in kept], cfg.data.seq_len, cfg.data.batch_size, seed, select)
-    self.held_out = task_problems(cfg.tasks, "held_out")
-    self.eval_rows = one_per_row([encode_example(p, self.chat) for p in self.held_out], cfg.data.seq_len,
-                                 cfg.data.batch_size)
+    self.train = PackedExamples([examples[i] for i in kept], cfg.data.seq_len, cfg.data.batch_size, seed, select,
+                                *layout)
+    self.eval_rows = one_per_row(held_out, cfg.data.seq_len, cfg.data.batch_size, *layout)
 
   def pass_at_1(self, params) -> dict[str, float]:
     return greedy_pass_at_1(self.model_cfg, params, self.held_out, self.chat,

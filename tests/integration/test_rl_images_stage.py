@@ -1,5 +1,5 @@
-"""Multimodal online RL: an `rl` stage of a vision-language model on image-task prompts, inside the training loop,
-and the config checks that keep image tasks where they work."""
+"""Multimodal post-training: an `rl` stage and an `sft` stage of a vision-language model on image-task prompts,
+inside the training loop, and the config checks that keep image tasks where they work."""
 
 import numpy as np
 import pytest
@@ -8,7 +8,7 @@ from configs import base
 from configs import default_vl
 from llama4_jax.config import ConfigError
 from llama4_jax.data import verifiable
-from llama4_jax.train import rollout
+from llama4_jax.train import rollout, sft
 from llama4_jax.train.loop import train_and_evaluate
 from llama4_jax.train.metrics import read_metrics
 
@@ -55,10 +55,10 @@ def test_rl_stage_on_image_prompts_updates_with_the_pictures(tmp_path, monkeypat
 
 def test_image_tasks_are_refused_where_they_cannot_work(tmp_path):
   config = _config()
-  config.stages = {"sft": base.stage("sft", data=dict(seq_len=160))}
-  config.stage_order = ("sft",)
-  with pytest.raises(ConfigError, match=r"stages.sft: tasks.families holds image families \['image_count', "
-                                        r"'image_sum'\]; a 'sft' stage takes text families only"):
+  config.stages = {"dpo": base.stage("dpo", data=dict(seq_len=160))}
+  config.stage_order = ("dpo",)
+  with pytest.raises(ConfigError, match=r"stages.dpo: tasks.families holds image families \['image_count', "
+                                        r"'image_sum'\]; a 'dpo' stage takes text families only"):
     train_and_evaluate(config, str(tmp_path / "a"))
   config = _config()
   config.model.vision.enabled = False
@@ -69,3 +69,30 @@ def test_image_tasks_are_refused_where_they_cannot_work(tmp_path):
   config.stages.rl_vision.overrides.data.seq_len = 112  # holds the image-text data (108), not a 5-tile prompt (114)
   with pytest.raises(ConfigError, match="data.seq_len=112 cannot hold the longest train prompt"):
     train_and_evaluate(config, str(tmp_path / "c"))
+
+
+def test_sft_stage_on_image_problems_trains_with_the_pictures(tmp_path, monkeypatch):
+  seen = []
+  original = sft.reply_losses
+
+  def spy(model_cfg, params, examples, batch_size):
+    seen.append(sum("tiles" in e for e in examples))
+    return original(model_cfg, params, examples, batch_size)
+
+  monkeypatch.setattr(sft, "reply_losses", spy)
+  config = _config(steps=4)
+  config.sft.update(drop_easiest=0.5, filter_metric="loss")
+  config.stages = {"sft_vision": base.stage("sft", data=dict(seq_len=160), optim=dict(learning_rate=3e-3))}
+  config.stage_order = ("sft_vision",)
+  workdir = str(tmp_path / "vl_sft")
+  rows = train_and_evaluate(config, workdir)
+  images = sum(bool(p.images) for p in sft.task_problems(config.tasks, "train"))
+  assert images > 0 and seen and seen[0] == images  # the difficulty filter scored the image candidates as such
+  row = rows[0]
+  assert row["sft_candidates"] == 48 and row["sft_kept"] == 24
+  losses = [r["loss"] for r in read_metrics(workdir) if r.get("stage") == "sft_vision" and "loss" in r]
+  assert len(losses) == 4 and all(np.isfinite(losses))
+  # held-out reply loss and greedy pass@1 on the image families too
+  families = {p.family for p in sft.task_problems(config.tasks, "held_out")}
+  assert families & set(verifiable.IMAGE_FAMILIES)
+  assert {"eval_sft_answer_loss"} | {f"eval_pass_at_1/{f}" for f in families} <= set(row)
