@@ -164,16 +164,26 @@ def _random_expression(numbers: list[int], rng: np.random.Generator) -> tuple[st
   return nodes[0][0], nodes[0][1]
 
 
-def _countdown(level: int, rng: np.random.Generator) -> tuple[str, str, dict]:
-  count, largest, largest_target = _COUNTDOWN[level]
+def countdown_instance(count: int, largest: int, largest_target: int,
+                       rng: np.random.Generator) -> tuple[list[int], int, str]:
+  """(distinct numbers in [1, largest], target, one expression over all of them that makes it)."""
   for _ in range(_COUNTDOWN_TRIES):
     numbers = [int(x) for x in rng.choice(np.arange(1, largest + 1), size=count, replace=False)]
     expression, target = _random_expression(numbers, rng)
     if 1 <= target <= largest_target and target not in numbers:
-      shown = " ".join(str(x) for x in numbers)
-      question = f"Make {target} from {shown} with + - * (each at most once)."
-      return _ask(question), expression, {"numbers": tuple(numbers), "target": target}
-  raise RuntimeError(f"no countdown target in [1, {largest_target}] after {_COUNTDOWN_TRIES} draws (level {level})")
+      return numbers, target, expression
+  raise RuntimeError(f"no countdown target in [1, {largest_target}] after {_COUNTDOWN_TRIES} draws "
+                     f"({count} numbers up to {largest})")
+
+
+def countdown_question(target: int, shown: str) -> str:
+  return f"Make {target} from {shown} with + - * (each at most once)."
+
+
+def _countdown(level: int, rng: np.random.Generator) -> tuple[str, str, dict]:
+  numbers, target, expression = countdown_instance(*_COUNTDOWN[level], rng)
+  question = countdown_question(target, " ".join(str(x) for x in numbers))
+  return _ask(question), expression, {"numbers": tuple(numbers), "target": target}
 
 
 _GENERATORS: dict[str, Callable[[int, np.random.Generator], tuple[str, str, dict]]] = {
@@ -282,7 +292,7 @@ def check(problem: Problem, completion: str) -> float:
   """1.0 if the answer extracted from `completion` is correct for `problem`, else 0.0 (see the module docstring)."""
   _validate(problem.family, problem.level)
   answer = extract_answer(completion)
-  if problem.family == "countdown":
+  if problem.family in ("countdown", "image_countdown"):
     correct = _countdown_ok(answer, problem.meta["numbers"], problem.meta["target"])
   else:
     correct = answer == problem.answer

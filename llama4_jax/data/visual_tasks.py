@@ -8,6 +8,12 @@ and uses the same "\\nAnswer:" format, so a model taught that format on text tas
   * image_sum: two numbers drawn side by side, "What is the sum of the two numbers shown?" -> "11". Level = digits
     of each number (1-2; levels 3-4 draw three / four one-digit numbers).
   * image_sort: digits drawn in a row, "Sort the digits shown ascending." -> "1 3 5". Level = 3 / 4 / 5 / 6 digits.
+  * image_reverse: digits drawn in a row, "Reverse the digits shown." -> "0613". Level = 4 / 6 / 8 / 10 digits.
+  * image_countdown: the numbers drawn side by side, the target in the text: "Make 22 from the numbers shown with
+    + - * (each at most once)." -> e.g. "3*5+7", checked like countdown (any valid expression over the drawn
+    numbers scores). Levels as countdown's, except that level 4 draws five numbers up to 9 (five numbers up to 50
+    would not fit 64 pixels).
+Key-value lookup has no image version: the embedded font draws digits only.
 The prompt starts with one `<|image|>` placeholder (`IMAGE_PLACEHOLDER`), which `rollout.prompt_ids` turns into the
 image token, and the problem carries the picture in `Problem.images`.
 
@@ -26,11 +32,13 @@ import numpy as np
 from llama4_jax.data import synthetic_vl as vl
 
 IMAGE_PLACEHOLDER = "<|image|>"
-FAMILIES = ("image_count", "image_number", "image_sum", "image_sort")
+FAMILIES = ("image_count", "image_number", "image_sum", "image_sort", "image_reverse", "image_countdown")
 LEVELS = {family: range(1, 5) for family in FAMILIES}
 _COUNT_MAX = {1: 3, 2: 5, 3: 7, 4: 9}
 _SORT_DIGITS = {1: 3, 2: 4, 3: 5, 4: 6}
 _SUM_DIGITS = {1: (1, 1), 2: (2, 2), 3: (1, 1, 1), 4: (1, 1, 1, 1)}
+_REVERSE_DIGITS = {1: 4, 2: 6, 3: 8, 4: 10}
+_COUNTDOWN = {1: (3, 9, 100), 2: (4, 9, 100), 3: (4, 25, 1000), 4: (5, 9, 1000)}  # (numbers, largest, largest target)
 _GAP = 4  # font pixels between drawn numbers (inside a number: one)
 
 
@@ -94,8 +102,23 @@ def _image_sort(level: int, rng: np.random.Generator):
   return _ask("Sort the digits shown ascending."), answer, {"content": tuple(digits), "scale": scale}, image
 
 
+def _image_reverse(level: int, rng: np.random.Generator):
+  digits = "".join(str(int(d)) for d in rng.integers(0, 10, _REVERSE_DIGITS[level]))
+  image, scale = _text_image(rng, [digits])
+  return _ask("Reverse the digits shown."), digits[::-1], {"content": tuple(int(d) for d in digits),
+                                                            "scale": scale}, image
+
+
+def _image_countdown(level: int, rng: np.random.Generator):
+  from llama4_jax.data import verifiable  # imports this module: resolved at call time
+  numbers, target, expression = verifiable.countdown_instance(*_COUNTDOWN[level], rng)
+  image, scale = _text_image(rng, [str(x) for x in numbers])
+  meta = {"content": tuple(numbers), "numbers": tuple(numbers), "target": target, "scale": scale}
+  return _ask(verifiable.countdown_question(target, "the numbers shown")), expression, meta, image
+
+
 GENERATORS = {"image_count": _image_count, "image_number": _image_number, "image_sum": _image_sum,
-              "image_sort": _image_sort}
+              "image_sort": _image_sort, "image_reverse": _image_reverse, "image_countdown": _image_countdown}
 
 
 def split_key(prompt: str, meta, images) -> str:

@@ -26,9 +26,16 @@ def test_answer_follows_the_drawn_content_and_checks(family, level):
   for p in _draw(family, level):
     content = p.meta["content"]
     expected = {"image_count": lambda c: str(c[0]), "image_number": lambda c: str(c[0]),
-                "image_sum": lambda c: str(sum(c)), "image_sort": lambda c: " ".join(map(str, sorted(c)))}[family]
+                "image_sum": lambda c: str(sum(c)), "image_sort": lambda c: " ".join(map(str, sorted(c))),
+                "image_reverse": lambda c: "".join(map(str, c))[::-1],
+                "image_countdown": lambda c: p.answer}[family]
     assert p.answer == expected(content)
     assert vf.check(p, f" {p.answer}\n") == 1.0 and vf.check(p, " 123456789\n") == 0.0
+    if family == "image_countdown":  # the reference expression uses exactly the drawn numbers, once each
+      used = sorted(int(t) for t in "".join(c if c.isdigit() else " " for c in p.answer).split())
+      assert used == sorted(content) and p.meta["numbers"] == content
+      assert f"Make {p.meta['target']} from the numbers shown" in p.prompt
+      assert vf.check(p, f" {p.answer}+{content[0]}\n") == 0.0  # a number used twice
     assert p.prompt.startswith(vt.IMAGE_PLACEHOLDER) and p.prompt.endswith("\nAnswer:")
     assert p.prompt.count(vt.IMAGE_PLACEHOLDER) == len(p.images) == 1
     image = p.images[0]
@@ -37,7 +44,7 @@ def test_answer_follows_the_drawn_content_and_checks(family, level):
     assert not image.flags.writeable
 
 
-@pytest.mark.parametrize("family", ["image_number", "image_sum", "image_sort"])
+@pytest.mark.parametrize("family", ["image_number", "image_sum", "image_sort", "image_reverse", "image_countdown"])
 def test_digit_pictures_hold_exactly_the_content_glyphs(family):
   # Glyphs never overlap, so the foreground is the sum of the drawn digits' font pixels at the recorded scale.
   for level in vf.LEVELS[family]:
@@ -74,8 +81,12 @@ def test_dot_pictures_show_exactly_the_counted_dots():
 @pytest.mark.parametrize("family", vf.IMAGE_FAMILIES)
 def test_the_prompt_alone_cannot_give_the_answer(family):
   problems = _draw(family, 2, n=30)
-  assert len({p.prompt for p in problems}) == 1  # one question text per family and level
   assert len({p.answer for p in problems}) > 1
+  if family == "image_countdown":  # the target is in the text, the numbers to make it from only in the picture
+    for p in problems:
+      assert not any(str(x) in p.prompt.replace(str(p.meta["target"]), "") for x in p.meta["numbers"])
+    return
+  assert len({p.prompt for p in problems}) == 1  # one question text per family and level
 
 
 def test_splits_are_disjoint_renderings_and_unique_sets_never_repeat_one():
