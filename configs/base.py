@@ -33,7 +33,7 @@ def optim_config():
 
 def tasks_config():
   """Verifiable problems for the post-training stages (llama4_jax/data/verifiable.py): which, how many, how long.
-  Image families (verifiable.IMAGE_FAMILIES, e.g. 'image_count') are for `rl` stages of a vision model."""
+  Image families (verifiable.IMAGE_FAMILIES, e.g. 'image_count') are for `sft` and `rl` stages of a vision model."""
   return ml_collections.ConfigDict(dict(
       families=("add", "sub", "sort", "reverse", "lookup"), levels=(1,), train_problems=2000, eval_problems=64,
       seed=0, max_new_tokens=16))
