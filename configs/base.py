@@ -1,7 +1,7 @@
 """Base experiment config: every default in one place. Usage: --config=configs/base.py:<preset>.
 
-Sections: model (configs/models.py presets), kernels, mesh, expert_parallel, data, optim, train, tasks, sft, rl, dpo and
-distill (post-training), and the stage list (`stages` + `stage_order`; kinds lm, sft, rl, dpo, distill: train/loop.py).
+Sections: model (configs/models.py presets), kernels, mesh, expert_parallel, data, optim, parameterization +
+param_scaling (μP-style per-group rules), train, tasks, sft, rl, dpo and distill (post-training), and the stage list (`stages` + `stage_order`; kinds lm, sft, rl, dpo, distill: train/loop.py).
 A stage's `overrides` is a nested dict applied on top of these sections for that stage only.
 """
 
@@ -29,6 +29,28 @@ def optim_config():
       b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1, weight_decay_exclude=("norm",), clip_norm=1.0,
       lr_multipliers=(),  # ((regex on parameter path, factor), ...), e.g. (("moe/(gate_up|down)$", 0.5),)
   ))
+
+
+def _rule(init=1.0, init_width=0.0, forward=1.0, forward_width=0.0, lr=1.0, lr_width=0.0, lr_depth=0.0,
+          lr_experts=0.0):
+  return dict(init=init, init_width=init_width, forward=forward, forward_width=forward_width, lr=lr,
+              lr_width=lr_width, lr_depth=lr_depth, lr_experts=lr_experts)
+
+
+def param_scaling_config():
+  """Base shape and rules of `config.parameterization` ('standard' | 'mup' | 'completep' | 'metap';
+  llama4_jax/parameterization.py). A base value of 0 = the model's own. `metap.<group>`: init std x
+  init * m_w^init_width, forward x forward * m_w^forward_width, Adam LR x lr * m_w^lr_width * m_L^lr_depth *
+  m_E^lr_experts; residual branches x m_L^-depth_alpha; every LR x (B/B_base)^batch_exponent (T/T_base)^token_exponent.
+  The metap defaults are CompleteP's values (mup / completep ignore them)."""
+  hidden = lambda: _rule(init_width=-0.5, lr_width=-1.0)  # noqa: E731  (a new dict each: ConfigDict would alias one)
+  return ml_collections.ConfigDict(dict(
+      base=dict(hidden_size=0, num_attention_heads=0, head_dim=0, intermediate_size=0, intermediate_size_mlp=0,
+                num_local_experts=0, num_hidden_layers=0, batch_size=0, tokens=0),
+      depth_alpha=1.0, batch_exponent=0.0, token_exponent=0.0,
+      metap=dict(embedding=_rule(), attn_q=hidden(), attn_k=hidden(), attn_v=hidden(), attn_o=hidden(),
+                 dense_ffn=hidden(), shared_expert=hidden(), routed_experts=hidden(),
+                 router=_rule(forward_width=-1.0), norms=_rule(), readout=_rule(forward_width=-1.0))))
 
 
 def tasks_config():
@@ -116,6 +138,8 @@ def get_config(preset: str = "tiny"):
   config.expert_parallel = ml_collections.ConfigDict(dict(transport="all_to_all", capacity_factor=2.0))
   config.data = data_config()
   config.optim = optim_config()
+  config.parameterization = "standard"  # | 'mup' | 'completep' | 'metap' (llama4_jax/parameterization.py)
+  config.param_scaling = param_scaling_config()
   config.train = train_config()
   config.tasks = tasks_config()
   config.sft = sft_config()

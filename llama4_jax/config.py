@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from typing import Any, Mapping
 
 DTYPES = ("float32", "bfloat16", "float16")
@@ -109,6 +110,11 @@ class ModelConfig:
   # 'pallas': the flash-attention kernel (pallas_kernels/flash_attention) on every layer.
   attention_impl: str = "xla"
   kernel_interpret: bool = False  # run Pallas kernels in interpret mode (CPU tests)
+  # Per-parameter factors ((regex on the parameter path, factor), ...; llama4_jax/model/multipliers.py), set by the
+  # experiment's `parameterization` (llama4_jax/parameterization.py): init std x factor, and W -> factor * W wherever
+  # the forward pass uses W. Empty (the default): Hugging Face's model exactly.
+  init_multipliers: tuple = ()
+  forward_multipliers: tuple = ()
   vision: VisionConfig | None = None
 
   def __post_init__(self):
@@ -193,8 +199,23 @@ def validate(cfg: ModelConfig) -> None:
                           f"low_freq_factor={rs.low_freq_factor} > 0")
       if rs.original_max_position_embeddings <= 0:
         raise ConfigError("model.rope_scaling.original_max_position_embeddings must be positive")
+  for name in ("init_multipliers", "forward_multipliers"):
+    _check_multipliers(name, getattr(cfg, name))
   if cfg.vision is not None:
     validate_vision(cfg.vision, cfg.vocab_size)
+
+
+def _check_multipliers(name: str, pairs) -> None:
+  if not isinstance(pairs, tuple):
+    raise ConfigError(f"model.{name} must be a tuple of (regex, factor) pairs, got {pairs!r}")
+  for pair in pairs:
+    if not (isinstance(pair, tuple) and len(pair) == 2 and isinstance(pair[0], str)
+            and isinstance(pair[1], (int, float)) and not isinstance(pair[1], bool) and math.isfinite(pair[1])):
+      raise ConfigError(f"model.{name}: {pair!r} is not a (regex, finite factor) pair")
+    try:
+      re.compile(pair[0])
+    except re.error as e:
+      raise ConfigError(f"model.{name}: {pair[0]!r} is not a regular expression ({e})") from e
 
 
 def validate_vision(v: VisionConfig, vocab_size: int) -> None:
@@ -240,6 +261,9 @@ def from_config_dict(cd: Any, kernels: Any = None) -> ModelConfig:
   None or a mapping with `enabled=False`.
   """
   values = dict(cd.to_dict() if hasattr(cd, "to_dict") else cd)
+  for name in ("init_multipliers", "forward_multipliers"):  # JSON and ConfigDicts hold them as lists
+    if isinstance(values.get(name), (list, tuple)):
+      values[name] = tuple(tuple(p) if isinstance(p, (list, tuple)) else p for p in values[name])
   rope = values.pop("rope_scaling", None)
   vision = values.pop("vision", None)
   kwargs = _build(ModelConfig, values, "model.")

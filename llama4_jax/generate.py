@@ -27,6 +27,7 @@ import numpy as np
 
 from llama4_jax.config import ModelConfig, model_config
 from llama4_jax.model import decode_block, embed_prompt, init_cache, unstack_cache, unstack_params
+from llama4_jax.model.multipliers import fold_forward_multipliers
 from llama4_jax.sampling import Sampling, sample
 
 DEFAULT_PIECE = 512  # prefill piece without chunked attention
@@ -171,7 +172,7 @@ def _compiled(cfg: ModelConfig, sampling: Sampling, stops: tuple[int, ...], pad:
 
 def _start(cfg, params, prompts, max_new_tokens, sampling, images, tokenizer, prefill_piece):
   """Validates, prefills, and returns (compiled fns, decode state, prompt lengths)."""
-  cfg = _model_config(cfg)
+  cfg, params = fold_forward_multipliers(_model_config(cfg), params)  # once here, not in every decode step
   prompts = [list(map(int, p)) for p in prompts]
   prompts, pixels = prepare_images(cfg, prompts, images, tokenizer)
   check_prompts(cfg, prompts, max_new_tokens)

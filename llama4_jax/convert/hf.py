@@ -23,6 +23,7 @@ from llama4_jax.config import ModelConfig
 from llama4_jax.convert import safetensors_io as st
 from llama4_jax.convert.hf_config import config_from_hf, config_to_hf
 from llama4_jax.convert.safetensors_io import CheckpointError
+from llama4_jax.model.multipliers import fold_forward_multipliers
 
 # One entry per HF tensor: (HF suffix, our path inside a layer, slot, HF -> ours, ours -> HF). `slot` selects the
 # gate (0) or up (1) half of our fused [D, 2, F] SwiGLU weight; None means the whole leaf.
@@ -284,6 +285,7 @@ def save_hf(cfg: ModelConfig, params, path: str, dtype: str = "float32", max_sha
   np_dtype = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16, "float16": np.float16}.get(dtype)
   if np_dtype is None:
     raise ValueError(f"dtype={dtype!r} is not one of float32, bfloat16, float16")
+  cfg, params = fold_forward_multipliers(cfg, params)  # Hugging Face's model has no multipliers: bake them in
   parent = os.path.dirname(path)
   os.makedirs(parent, exist_ok=True)
   tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.tmp-", dir=parent)

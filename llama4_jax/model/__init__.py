@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from llama4_jax.config import ModelConfig
+from llama4_jax.model.multipliers import fold_forward_multipliers, scale_leaves  # noqa: F401  (re-exported)
 from llama4_jax.model.transformer import Transformer, unstack_blocks
 
 
@@ -19,9 +20,10 @@ def _dummy_tokens():
 
 @functools.partial(jax.jit, static_argnums=0)
 def init_params(cfg: ModelConfig, rng: jax.Array):
-  """Random parameters (plain arrays, no partitioning boxes). Jitted: one compile instead of one per leaf."""
+  """Random parameters (plain arrays, no partitioning boxes), scaled by `cfg.init_multipliers`. Jitted: one compile
+  instead of one per leaf."""
   boxed = Transformer(cfg).init(rng, _dummy_tokens())["params"]
-  return nn.meta.unbox(boxed)
+  return scale_leaves(nn.meta.unbox(boxed), cfg.init_multipliers)
 
 
 def param_shapes(cfg: ModelConfig):
@@ -44,6 +46,7 @@ def apply(cfg: ModelConfig, params, tokens_BL, positions_BL=None, segment_ids_BL
   boundaries and expert parallelism for the routed experts. Call it under `jax.jit` with sharded inputs.
   `pixels_BNCHW`: each row's image tiles in order (see `images_for_rows`), for a model with a vision tower.
   """
+  params = scale_leaves(params, cfg.forward_multipliers)
   return Transformer(cfg, parallel).apply({"params": params}, tokens_BL, positions_BL, segment_ids_BL, embeddings_BLD,
                                           pixels_BNCHW)
 
@@ -159,6 +162,7 @@ def decode_block(cfg: ModelConfig, params, tokens_BT, kv_cache, valid_BT=None, e
   if chunk is not None and tokens_BT.shape[1] > chunk:
     raise ValueError(f"{tokens_BT.shape[1]} tokens cross a chunk boundary (chunk {chunk}): feed pieces of at most "
                      "model.attention_chunk_size tokens")
+  params = scale_leaves(params, cfg.forward_multipliers)  # generate() folds them into the weights once instead
   logits, _, kv_cache = Transformer(cfg, unstacked=unstacked).apply(
       {"params": params}, tokens_BT, embeddings_BLD=embeddings_BTD, kv_cache=kv_cache, valid_BL=valid_BT,
       logits_at_B=logits_at_B)
@@ -167,4 +171,5 @@ def decode_block(cfg: ModelConfig, params, tokens_BT, kv_cache, valid_BT=None, e
 
 def embed_prompt(cfg: ModelConfig, params, tokens_BL, pixels_BNCHW=None):
   """Token embeddings of prompts with image features fused in at their `<|patch|>` tokens: [B, L, D]."""
+  params = scale_leaves(params, cfg.forward_multipliers)
   return Transformer(cfg).apply({"params": params}, tokens_BL, pixels_BNCHW=pixels_BNCHW, embeddings_only=True)

@@ -24,7 +24,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec
 from ml_collections import ConfigDict
 
-from llama4_jax import sharding
+from llama4_jax import parameterization, sharding
 from llama4_jax.config import ConfigError, model_config, to_dict
 from llama4_jax.model import init_params, param_shapes
 from llama4_jax.train import data as train_data
@@ -72,6 +72,10 @@ def resolve_stages(config: ConfigDict) -> list[tuple[str, str, ConfigDict]]:
       raise ConfigError(f"stages.{name}.kind={stage.kind!r} is not one of {STAGE_KINDS}")
     resolved = copy.deepcopy(config)
     _apply_overrides(resolved, stage.get("overrides", {}), f"stages.{name}.overrides")
+    try:
+      parameterization.apply(resolved)  # per-group init / forward / learning-rate factors into model and optim
+    except ConfigError as e:
+      raise ConfigError(f"stages.{name}: {e}") from e
     stages.append((name, stage.kind, resolved))
   if not stages:
     raise ConfigError("config.stage_order is empty")
@@ -125,8 +129,11 @@ def _check_post_training(name: str, kind: str, cfg: ConfigDict, model_cfg) -> No
 
 
 def _fingerprint(stages) -> dict:
+  how = ("moe_impl", "attention_impl", "kernel_interpret", "moe_capacity_factor")  # how it computes, not what
+  unset = ("init_multipliers", "forward_multipliers")  # recorded only when set: older workdirs stay resumable
   return {name: {"kind": kind, "model": {k: v for k, v in to_dict(model_config(cfg)).items()
-                                         if k not in ("moe_impl", "attention_impl", "kernel_interpret", "moe_capacity_factor")}, "tokenizer": cfg.data.tokenizer_path,
+                                         if k not in how and not (k in unset and not v)},
+                 "tokenizer": cfg.data.tokenizer_path,
                  "reserved": cfg.data.num_reserved_special_tokens} for name, kind, cfg in stages}
 
 

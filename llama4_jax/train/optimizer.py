@@ -8,18 +8,13 @@ MetaP-style per-layer learning rates plug into.
 from __future__ import annotations
 
 import re
-from typing import Any, Sequence
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp
 import optax
 
-
-def param_paths(tree) -> Any:
-  """Pytree of '/'-joined key paths with the structure of `tree`."""
-  def name(path, _):
-    return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
-  return jax.tree_util.tree_map_with_path(name, tree)
+from llama4_jax.model.multipliers import leaf_factors, param_paths
 
 
 def learning_rate_schedule(peak: float, total_steps: int, warmup_steps: int, kind: str = "cosine",
@@ -54,15 +49,7 @@ def weight_decay_mask(params, exclude: Sequence[str]):
 
 def lr_multiplier_tree(params, multipliers: Sequence[tuple[str, float]]):
   """Per-parameter learning-rate multiplier: product of every (regex, factor) pair whose regex matches the path."""
-  for pattern, _ in multipliers:
-    re.compile(pattern)  # fail early, naming nothing cryptic
-  def mult(path):
-    factor = 1.0
-    for pattern, value in multipliers:
-      if re.search(pattern, path):
-        factor *= float(value)
-    return factor
-  return jax.tree_util.tree_map(mult, param_paths(params))
+  return leaf_factors(params, multipliers)
 
 
 def scale_by_tree(factors) -> optax.GradientTransformation:
