@@ -63,6 +63,9 @@ class DecoderLayer(nn.Module):
       out, stats = MoE(cfg, self.parallel, name="moe")(h, ctx["segment_ids"] != 0)
     else:
       out, stats = MLP(cfg, cfg.intermediate_size_mlp, name="mlp")(h), None
+    if self.is_mutable_collection("intermediates"):  # coordinate checks (llama4_jax/coord_check.py) only
+      for name, value in (("attn_out", attn), ("ffn_out", out), ("residual", x_BLD + out)):
+        self.sow("intermediates", name, jnp.mean(jnp.abs(value.astype(jnp.float32))))
     return x_BLD + out, stats, kv_cache
 
 
@@ -136,7 +139,7 @@ class Transformer(nn.Module):
                                                   for i in range(cfg.num_blocks)])
     else:
       blocks = nn.scan(
-          block, variable_axes={"params": 0}, split_rngs={"params": True},
+          block, variable_axes={"params": 0, "intermediates": 0}, split_rngs={"params": True},
           in_axes=nn.broadcast if kv_cache is None else (nn.broadcast, 0),
           length=cfg.num_blocks, unroll=cfg.scan_unroll, metadata_params={nn.PARTITION_NAME: "layers"})(
               cfg, self.parallel, name="blocks")
