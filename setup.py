@@ -21,6 +21,7 @@ INSTALL_REQUIRES = [
     "tensorboardX>=2.6,<3",
     "importlib_resources>=6",  # tensorflow-datasets builders import it without declaring it
     "pillow>=12,<14",  # image loading and resizing (llama4_jax/data/image.py)
+    "matplotlib>=3.10,<4",  # coordinate-check and sweep plots (llama4_jax/coord_check.py, llama4_jax/sweep.py)
 ]
 
 EXTRAS = {
