@@ -1,0 +1,198 @@
+"""Hyperparameter sweeps: every entry of an experiment's `get_sweep()` as its own training process (issue 10).
+
+    python -m llama4_jax.sweep --config=experiments/<dated>/config.py[:variant] --workdir=<dir> [--parallel=N]
+
+`get_sweep(arg)` in the experiment file returns a list of overrides, each a dict {dotted config key: value}
+(e.g. {"optim.learning_rate": 2 ** -8, "model.hidden_size": 128, ...}). Each becomes one run of
+`python -m llama4_jax.main --config=<file>[:variant] --workdir=<dir>/<run name> --config.<key>=<value> ...`, at most
+`--parallel` at a time. A run that finished has `<dir>/<run name>/sweep_result.json` (its final train and eval
+loss, written when its process exits cleanly) and is skipped when the sweep is run again; a run that was killed
+resumes from its own checkpoints. When all have run, `<dir>/sweep.csv` holds one row per run (its overrides,
+final_train_loss = mean of the last `--tail` logged train losses, final_eval_loss, status) and `<dir>/sweep.png` plots
+final loss against log2 of `--x` (default optim.learning_rate), one curve per value of `--group` (default
+model.hidden_size): the μTransfer plot. The same sweep file can name a mesh (`mesh.*` overrides) for a cluster.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import csv
+import importlib.util
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+from typing import Callable, Sequence
+
+RESULT = "sweep_result.json"
+
+
+def load_sweep(config_arg: str) -> list[dict]:
+  """The experiment file's `get_sweep(variant)`, checked: a non-empty list of {dotted key: scalar} dicts."""
+  path, _, variant = config_arg.partition(":")
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"--config={config_arg!r}: no such experiment file {path!r}")
+  spec = importlib.util.spec_from_file_location("sweep_experiment", path)
+  module = importlib.util.module_from_spec(spec)
+  sys.path.insert(0, os.getcwd())  # experiment files import `configs.*` from the repository root
+  spec.loader.exec_module(module)
+  if not hasattr(module, "get_sweep"):
+    raise ValueError(f"{path} has no get_sweep(); a sweep file returns a list of override dicts from it")
+  sweep = module.get_sweep(variant)
+  if not isinstance(sweep, (list, tuple)) or not sweep:
+    raise ValueError(f"{path}: get_sweep({variant!r}) must return a non-empty list of dicts, got {sweep!r}")
+  for i, entry in enumerate(sweep):
+    if not isinstance(entry, dict) or not entry:
+      raise ValueError(f"{path}: get_sweep entry {i} is not a non-empty dict: {entry!r}")
+    for key, value in entry.items():
+      if not re.fullmatch(r"[A-Za-z_][\w.]*", str(key)) or not isinstance(value, (int, float, str, bool)):
+        raise ValueError(f"{path}: get_sweep entry {i}: {key!r}={value!r} is not a dotted key with a scalar value")
+  names = [run_name(e) for e in sweep]
+  dupes = sorted({n for n in names if names.count(n) > 1})
+  if dupes:
+    raise ValueError(f"{path}: get_sweep has repeated entries {dupes}")
+  return list(sweep)
+
+
+def _fmt(value) -> str:
+  if isinstance(value, float):
+    exp = math.log2(value) if value > 0 else None
+    return f"2^{exp:g}" if exp is not None and exp == int(exp) else f"{value:g}"
+  return str(value)
+
+
+def run_name(overrides: dict) -> str:
+  """A readable, filesystem-safe name from the overrides: 'learning_rate=2^-8,hidden_size=128'."""
+  text = ",".join(f"{k.split('.')[-1]}={_fmt(v)}" for k, v in sorted(overrides.items()))
+  return re.sub(r"[^\w.,=^+-]", "_", text)
+
+
+def command(config_arg: str, workdir: str, overrides: dict) -> list[str]:
+  return [sys.executable, "-m", "llama4_jax.main", f"--config={config_arg}", f"--workdir={workdir}",
+          *[f"--config.{k}={v}" for k, v in overrides.items()]]
+
+
+def final_losses(run_dir: str, tail: int) -> dict:
+  """final_train_loss (mean of the last `tail` logged train losses) and final_eval_loss from metrics.jsonl."""
+  train, evals = [], []
+  with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+    for line in f:
+      row = json.loads(line)
+      if "loss" in row and "stage_step" in row:
+        train.append(row["loss"])
+      if "eval_loss" in row:
+        evals.append(row["eval_loss"])
+  if not train:
+    raise ValueError(f"{run_dir}/metrics.jsonl holds no train loss")
+  return {"final_train_loss": sum(train[-tail:]) / len(train[-tail:]),
+          "final_eval_loss": evals[-1] if evals else float("nan")}
+
+
+def _launch(config_arg: str, run_dir: str, overrides: dict) -> int:
+  os.makedirs(run_dir, exist_ok=True)
+  with open(os.path.join(run_dir, "sweep.log"), "a") as log:
+    return subprocess.run(command(config_arg, run_dir, overrides), stdout=log, stderr=subprocess.STDOUT).returncode
+
+
+def run_sweep(config_arg: str, workdir: str, parallel: int = 1, tail: int = 3,
+              launch: Callable[[str, str, dict], int] = _launch) -> list[dict]:
+  """Runs the unfinished entries, then writes sweep.csv; one row per entry with its `status`: 'done' (ran now),
+  'skipped' (had a result), or 'failed (exit N)'."""
+  sweep = load_sweep(config_arg)
+  if parallel < 1:
+    raise ValueError(f"--parallel must be >= 1, got {parallel}")
+  os.makedirs(workdir, exist_ok=True)
+
+  def one(overrides: dict) -> dict:
+    run_dir = os.path.join(workdir, run_name(overrides))
+    result_path = os.path.join(run_dir, RESULT)
+    if os.path.isfile(result_path):
+      with open(result_path) as f:
+        return {**json.load(f), "status": "skipped"}
+    code = launch(config_arg, run_dir, overrides)
+    if code != 0:
+      return {"name": run_name(overrides), **overrides, "status": f"failed (exit {code})"}
+    result = {"name": run_name(overrides), **overrides, **final_losses(run_dir, tail)}
+    with open(result_path + ".tmp", "w") as f:
+      json.dump(result, f)
+    os.replace(result_path + ".tmp", result_path)
+    return {**result, "status": "done"}
+
+  with concurrent.futures.ThreadPoolExecutor(max_workers=parallel) as pool:
+    rows = list(pool.map(one, sweep))
+  write_csv(rows, os.path.join(workdir, "sweep.csv"))
+  return rows
+
+
+def write_csv(rows: Sequence[dict], path: str) -> None:
+  keys = list(dict.fromkeys(k for row in rows for k in row))
+  with open(path + ".tmp", "w", newline="") as f:
+    writer = csv.DictWriter(f, fieldnames=keys)
+    writer.writeheader()
+    writer.writerows(rows)
+  os.replace(path + ".tmp", path)
+
+
+def optimum(rows: Sequence[dict], x: str, group: str, metric: str = "final_train_loss") -> dict:
+  """{group value: (best x, its loss)} over the finished rows."""
+  best = {}
+  for row in rows:
+    if row.get(metric) is None or not math.isfinite(row[metric]) or x not in row:
+      continue
+    g = row.get(group)
+    if g not in best or row[metric] < best[g][1]:
+      best[g] = (row[x], row[metric])
+  return best
+
+
+def plot(rows: Sequence[dict], path: str, x: str, group: str, metric: str = "final_train_loss") -> None:
+  """Loss against log2(x), one curve per value of `group`, optimum marked."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  fig, ax = plt.subplots(figsize=(5.5, 4))
+  groups = sorted({r.get(group) for r in rows if x in r}, key=lambda g: (g is None, g))
+  for g in groups:
+    pts = sorted((math.log2(r[x]), r[metric]) for r in rows
+                 if r.get(group) == g and x in r and r.get(metric) is not None and math.isfinite(r[metric]))
+    if pts:
+      line, = ax.plot(*zip(*pts), marker="o", label=f"{group.split('.')[-1]}={g}")
+      bx, by = min(pts, key=lambda p: p[1])
+      ax.plot([bx], [by], marker="*", ms=14, color=line.get_color())
+  ax.set(xlabel=f"log2 {x.split('.')[-1]}", ylabel=metric.replace("_", " "))
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path + ".tmp.png", dpi=90)
+  plt.close(fig)
+  os.replace(path + ".tmp.png", path)
+
+
+def main(argv):
+  del argv
+  from absl import flags
+  f = flags.FLAGS
+  rows = run_sweep(f.config, f.workdir, f.parallel, f.tail)
+  plot(rows, os.path.join(f.workdir, "sweep.png"), f.x, f.group)
+  for g, (bx, loss) in sorted(optimum(rows, f.x, f.group).items(), key=lambda kv: str(kv[0])):
+    print(f"{f.group}={g}: best {f.x}={bx:g} (log2 {math.log2(bx):.2f}), final train loss {loss:.4f}")
+  failed = [r["name"] for r in rows if r["status"].startswith("failed")]
+  print(f"{len(rows)} runs: {sum(r['status'] == 'done' for r in rows)} ran, "
+        f"{sum(r['status'] == 'skipped' for r in rows)} already finished, {len(failed)} failed "
+        f"-> {os.path.join(f.workdir, 'sweep.csv')}")
+  if failed:
+    print("failed (see their sweep.log): " + ", ".join(failed), file=sys.stderr)
+    sys.exit(1)
+
+
+if __name__ == "__main__":
+  from absl import app, flags
+  flags.DEFINE_string("config", None, "experiment file[:variant] with get_config() and get_sweep()")
+  flags.DEFINE_string("workdir", None, "sweep directory (one sub-directory per run)")
+  flags.DEFINE_integer("parallel", 1, "runs at once")
+  flags.DEFINE_integer("tail", 3, "logged train losses averaged into final_train_loss")
+  flags.DEFINE_string("x", "optim.learning_rate", "swept key for the plot's x axis (log2)")
+  flags.DEFINE_string("group", "model.hidden_size", "key whose values get one curve each")
+  flags.mark_flags_as_required(["config", "workdir"])
+  app.run(main)
