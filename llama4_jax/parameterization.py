@@ -185,8 +185,11 @@ def apply(config) -> Resolved:
   per-group learning-rate multipliers ahead of the user's `optim.lr_multipliers`, the scaled peak learning rate."""
   r = resolve(config)
   if r.init or r.forward:
-    config.model.init_multipliers = tuple(map(tuple, config.model.get("init_multipliers", ()))) + r.init
-    config.model.forward_multipliers = tuple(map(tuple, config.model.get("forward_multipliers", ()))) + r.forward
+    model = config.model
+    init = tuple(map(tuple, model.get("init_multipliers", ()))) + r.init
+    forward = tuple(map(tuple, model.get("forward_multipliers", ()))) + r.forward
+    with model.unlocked():  # main.py locks the config; these keys are not in the presets
+      model.init_multipliers, model.forward_multipliers = init, forward
   if r.lr:
     config.optim.lr_multipliers = r.lr + tuple(tuple(m) for m in config.optim.lr_multipliers)
   if r.lr_scale != 1.0:

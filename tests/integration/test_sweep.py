@@ -24,7 +24,8 @@ EXPERIMENT = textwrap.dedent('''
       return c
 
     def get_sweep(arg=""):
-      return [{"optim.learning_rate": 2.0 ** e, "model.hidden_size": 32} for e in (-7, -5)]
+      # the second is twice as wide: mup adds its multipliers to main's locked config
+      return [{"optim.learning_rate": 2.0 ** e, "model.hidden_size": w} for e, w in ((-7, 32), (-5, 64))]
     ''')
 
 
@@ -42,7 +43,7 @@ def test_sweep_runs_entries_in_parallel_then_skips_finished_ones(tmp_path, monke
   rows = sweep.run_sweep(config, workdir, parallel=2)
   logs = [open(os.path.join(workdir, r["name"], "sweep.log")).read()[-2000:] for r in rows]
   assert [r["status"] for r in rows] == ["done", "done"], logs
-  assert [r["name"] for r in rows] == ["hidden_size=32,learning_rate=2^-7", "hidden_size=32,learning_rate=2^-5"]
+  assert [r["name"] for r in rows] == ["hidden_size=32,learning_rate=2^-7", "hidden_size=64,learning_rate=2^-5"]
   for r in rows:
     assert math.isfinite(r["final_train_loss"]) and math.isfinite(r["final_eval_loss"])
   with open(os.path.join(workdir, "sweep.csv")) as f:
@@ -55,7 +56,7 @@ def test_sweep_runs_entries_in_parallel_then_skips_finished_ones(tmp_path, monke
   # A run without its result (killed before it finished) is the only one launched again.
   os.remove(os.path.join(workdir, rows[1]["name"], sweep.RESULT))
   third = sweep.run_sweep(config, workdir, launch=lambda c, d, o: launched.append(o) or 0)
-  assert launched == [{"optim.learning_rate": 2.0 ** -5, "model.hidden_size": 32}]
+  assert launched == [{"optim.learning_rate": 2.0 ** -5, "model.hidden_size": 64}]
   assert [r["status"] for r in third] == ["skipped", "done"]
   sweep.plot(third, os.path.join(workdir, "sweep.png"), "optim.learning_rate", "model.hidden_size")
   assert open(os.path.join(workdir, "sweep.png"), "rb").read(4) == b"\x89PNG"
