@@ -69,3 +69,26 @@ def test_curriculum_paired_evaluation_statistics():
   out = paired.compare(before, after, ["a", "a", "a", "b", "b", "b"])
   assert out["all"] == {"problems": 6, "before": 0.5, "after": 0.6667, "gained": 2, "lost": 1, "mcnemar_p": 1.0}
   assert (out["a"]["gained"], out["a"]["lost"], out["b"]["gained"], out["b"]["lost"]) == (1, 1, 1, 0)
+
+
+def test_metap_transfer_sweeps_span_the_issue_ranges_and_resolve():
+  from llama4_jax.train.loop import resolve_stages
+  module = _load(os.path.join(REPO, "experiments", "2026_11_28_metap_transfer", "config.py"))
+  for arg, key, span in (("metap,width", "model.hidden_size", 8), ("standard,depth", "model.num_hidden_layers", 4),
+                         ("metap,batch", "data.batch_size", 4)):
+    runs = module.get_sweep(arg)
+    lrs = sorted({r["optim.learning_rate"] for r in runs})
+    values = sorted({r[key] for r in runs})
+    assert len(lrs) >= 6 and all(b == 2 * a for a, b in zip(lrs, lrs[1:]))  # powers of two
+    assert values[-1] == span * values[0] and len(runs) == len(lrs) * len(values)
+    if key == "data.batch_size":  # a fixed token budget across batch sizes
+      assert len({r["data.batch_size"] * r["train.steps"] for r in runs}) == 1
+    config = module.get_config(arg)
+    assert config.parameterization == arg.split(",")[0]
+    for run in (runs[0], runs[-1]):  # the extremes resolve (shapes, heads, batch splits)
+      c = module.get_config(arg)
+      for dotted, value in run.items():
+        section, name = dotted.split(".")
+        c[section][name] = value
+      (_, _, cfg), = resolve_stages(c)
+      assert cfg.model[key.split(".")[1]] == run[key] if key.startswith("model") else cfg.data.batch_size == run[key]

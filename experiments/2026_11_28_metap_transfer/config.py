@@ -1,0 +1,94 @@
+"""Does the optimal learning rate transfer across width, depth and batch size under MetaP, and drift under standard
+parameterization? (issue 10)
+
+    # one sweep per (parameterization, axis); rerunning a command skips the runs that finished
+    python -m llama4_jax.sweep --config=experiments/2026_11_28_metap_transfer/config.py:metap,width \\
+        --workdir=runs/metap_width_metap --parallel=1
+    python -m llama4_jax.sweep --config=experiments/2026_11_28_metap_transfer/config.py:standard,width \\
+        --workdir=runs/metap_width_standard
+    # depth: --group=model.num_hidden_layers; batch size: --group=data.batch_size
+    python -m llama4_jax.sweep --config=experiments/2026_11_28_metap_transfer/config.py:metap,depth \\
+        --workdir=runs/metap_depth_metap --group=model.num_hidden_layers
+    python -m llama4_jax.sweep --config=experiments/2026_11_28_metap_transfer/config.py:metap,batch \\
+        --workdir=runs/metap_batch_metap --group=data.batch_size
+
+Tiny MoE models on the embedded corpus (128-token rows, the embedded tokenizer), 4 layers of the Llama 4 pattern
+(dense / MoE alternating, 8 experts, top-1, a NoPE layer every 4th), head_dim 32. The base shape is the smallest
+model of each axis: width 64, depth 4, batch 8.
+  * width: hidden 64, 128, 256, 512 (8x); heads = hidden / 32 (two per key/value head), expert width 2 x hidden,
+    dense FFN width 4 x hidden; 8 learning rates 2^-12 .. 2^-5; 200 steps of 8 x 128 tokens.
+  * depth: 4, 8, 16 layers (4x) at width 128, the same learning rates and steps.
+  * batch: 8, 16, 32 rows (4x) at width 128 and a fixed token budget (steps x batch = 1,600 rows); metap scales
+    every learning rate by sqrt(batch / 8) (`param_scaling.batch_exponent=0.5`).
+`metap` uses the CompleteP table of configs/base.py (hidden matrices init x m^-1/2 and Adam LR x m^-1, readout and
+router logits x m^-1, residual branches x L^-1); `standard` uses one learning rate and init std 0.02 everywhere.
+Variant tokens (comma-separated): a parameterization (standard | mup | completep | metap, default metap), an axis
+(width | depth | batch, default width), `smoke` (two tiny runs of a few steps, for tests). Results: NOTES.md.
+"""
+
+from configs import base
+
+KINDS = ("standard", "mup", "completep", "metap")
+AXES = ("width", "depth", "batch")
+LEARNING_RATES = tuple(2.0 ** e for e in range(-12, -4))
+WIDTHS = (64, 128, 256, 512)
+DEPTHS = (4, 8, 16)
+BATCHES = (8, 16, 32)
+BASE_STEPS, BASE_BATCH = 200, 8
+
+
+def _parse(arg: str):
+  tokens = [t for t in (arg or "").split(",") if t]
+  unknown = [t for t in tokens if t not in KINDS + AXES + ("smoke",)]
+  if unknown:
+    raise ValueError(f"unknown variant token(s) {unknown} (parameterizations {KINDS}, axes {AXES}, smoke)")
+  kind = next((t for t in tokens if t in KINDS), "metap")
+  axis = next((t for t in tokens if t in AXES), "width")
+  return kind, axis, "smoke" in tokens
+
+
+def width_overrides(width: int) -> dict:
+  heads = width // 32
+  return {"model.hidden_size": width, "model.num_attention_heads": heads, "model.num_key_value_heads": heads // 2,
+          "model.intermediate_size": 2 * width, "model.intermediate_size_mlp": 4 * width}
+
+
+def get_config(arg: str = ""):
+  kind, _, smoke = _parse(arg)
+  config = base.get_config("tiny")
+  config.model.update(num_hidden_layers=4, head_dim=32, num_local_experts=8, scan_unroll=1)
+  for key, value in width_overrides(64).items():
+    config.model[key.split(".")[1]] = value
+  config.data.update(seq_len=128, batch_size=BASE_BATCH, eval_batches=4)
+  config.optim.update(learning_rate=2.0 ** -8, warmup_steps=20, schedule="cosine", min_lr_ratio=0.1)
+  config.train.update(steps=BASE_STEPS, log_every=10, eval_every=BASE_STEPS, checkpoint_every=BASE_STEPS,
+                      tensorboard=False, progress=False)
+  config.parameterization = kind
+  config.param_scaling.base.update(hidden_size=64, num_attention_heads=2, head_dim=32, intermediate_size=128,
+                                   intermediate_size_mlp=256, num_local_experts=8, num_hidden_layers=4,
+                                   batch_size=BASE_BATCH)
+  if kind == "metap":
+    config.param_scaling.batch_exponent = 0.5  # Adam: learning rate ~ sqrt(batch) below the critical batch
+  if smoke:
+    config.data.update(seq_len=32, batch_size=8, eval_batches=1, max_documents=60)
+    config.train.update(steps=3, log_every=1, eval_every=3, checkpoint_every=3)
+    config.optim.update(warmup_steps=1)
+  return config
+
+
+def get_sweep(arg: str = ""):
+  _, axis, smoke = _parse(arg)
+  if smoke:
+    return [{"optim.learning_rate": 2.0 ** -7, **width_overrides(64)},
+            {"optim.learning_rate": 2.0 ** -6, **width_overrides(128)}]
+  runs = []
+  for lr in LEARNING_RATES:
+    if axis == "width":
+      runs += [{"optim.learning_rate": lr, **width_overrides(w)} for w in WIDTHS]
+    elif axis == "depth":
+      runs += [{"optim.learning_rate": lr, **width_overrides(128), "model.num_hidden_layers": d} for d in DEPTHS]
+    else:
+      runs += [{"optim.learning_rate": lr, **width_overrides(128), "data.batch_size": b,
+                "train.steps": BASE_STEPS * BASE_BATCH // b, "train.eval_every": BASE_STEPS * BASE_BATCH // b,
+                "train.checkpoint_every": BASE_STEPS * BASE_BATCH // b} for b in BATCHES]
+  return runs
