@@ -2,7 +2,8 @@
 
     python experiments/2026_11_28_curriculum/paired_eval.py --workdir=runs/curriculum --before=sft --after=rl
 
-Both stages' newest checkpoints answer the same held-out problems greedily (`tasks` of the experiment config); per
+Both stages' newest checkpoints answer the same held-out problems greedily (`tasks` of the experiment config, with
+the overrides of the `--after` stage or of `--tasks_stage`); per
 family and overall it prints pass@1 before and after, the problems gained and lost, and the exact two-sided McNemar
 p-value (a binomial test on the problems whose outcome changed), as one JSON line. Paired, so it is far more
 sensitive than comparing two pass rates as if they were independent samples.
@@ -32,6 +33,8 @@ WORKDIR = flags.DEFINE_string("workdir", None, "the curriculum's workdir", requi
 BEFORE = flags.DEFINE_string("before", "sft", "stage whose newest checkpoint is the baseline")
 AFTER = flags.DEFINE_string("after", "rl", "stage whose newest checkpoint is compared with it")
 CONFIG = flags.DEFINE_string("config", os.path.join(HERE, "config.py"), "experiment config (its `tasks` section)")
+TASKS_STAGE = flags.DEFINE_string("tasks_stage", None, "stage whose `tasks` (with its overrides) give the held-out "
+                                  "problems; default: --after")
 
 
 def mcnemar_p(gained: int, lost: int) -> float:
@@ -59,7 +62,10 @@ def main(argv):
   spec = importlib.util.spec_from_file_location("experiment_config", CONFIG.value)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  tasks = module.get_config("").tasks
+  config = module.get_config("")
+  tasks = config.tasks
+  stage = config.stages[TASKS_STAGE.value or AFTER.value]
+  tasks.update(stage.overrides.get("tasks", {}))  # e.g. rl_vision's image families
   problems = sft.task_problems(tasks, "held_out")
   passed = {}
   for stage in (BEFORE.value, AFTER.value):
