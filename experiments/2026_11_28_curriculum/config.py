@@ -5,16 +5,17 @@
 pretrain (embedded corpus mixed with the embedded image-text set, 128-token rows) -> midtrain (512-token text rows,
 RoPE theta 5e5 -> 2e6) -> sft (chat-formatted `sort` and `lookup` problems, the easiest half of each family dropped
 by the entering model's reply loss) -> rl (online RL on the same families: GRPO advantages, clip-higher,
-zero-advantage refill and the pass-rate pool) -> rl_vision (the same loop on image prompts: dots to count and
-numbers to read, llama4_jax/data/visual_tasks.py) -> dpo (one pass over on-policy pairs of an accepted and a
-rejected reply, at a low rate). The question: does online RL raise the held-out pass rate over the SFT checkpoint,
-and on which task families? Held-out greedy pass@1 (and pass@k after RL) are logged at the end of each
-post-training stage (256 held-out text problems: 130 sort, 126 lookup; 128 image problems), beside the held-out image-text
-answer loss with and without the image; results in NOTES.md beside this file. Post-training rows are 128 tokens (the
-held-out image-text examples every stage of a vision model evaluates need that). SFT stops at 150 steps and RL runs
-at 3e-4: the setting under which RL raised sort's held-out pass@1 from 0.569 to 0.685 (paired McNemar p = 0.017;
-NOTES.md, third run; `paired_eval.py` beside this file compares two stages of a workdir that way). About 45 minutes
-on the 2-core machine.
+zero-advantage refill and the pass-rate pool) -> sft_vision (SFT rows with pictures: dots to count and numbers to
+read, llama4_jax/data/visual_tasks.py, mixed with the text families as replay) -> rl_vision (the RL loop on the same
+mix of image and text prompts) -> dpo (one pass over on-policy pairs of an accepted and a rejected reply, at a low
+rate). The question: does online RL raise the held-out pass rate over the SFT checkpoint, and on which task
+families? Held-out greedy pass@1 (and pass@k after RL) are logged at the end of each post-training stage (256
+held-out text problems: 130 sort, 126 lookup; 256 for the mixed stages), beside the held-out image-text answer loss
+with and without the image; results in NOTES.md beside this file. Post-training rows are 128 tokens (144 for
+rl_vision: an image prompt is about 114). SFT stops at 150 steps and RL runs at 3e-4: the setting under which RL
+raised sort's held-out pass@1 from 0.569 to 0.685 (paired McNemar p = 0.017; NOTES.md, third and fourth runs;
+`paired_eval.py` beside this file compares two stages of a workdir that way). About 45 minutes on the 2-core
+machine.
 Variants: `:smoke` shrinks every stage to seconds.
 """
 
