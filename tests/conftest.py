@@ -6,9 +6,12 @@ os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from llama4_jax.host_memory import retain_freed_host_memory  # noqa: E402
-
-retain_freed_host_memory()  # as the entry points do, before the CPU backend starts: faster steps, faster suite
+# The suite keeps glibc's allocator defaults (LLAMA4_JAX_HOST_MALLOC=system, inherited by the processes it starts).
+# With the entry points' `retain` settings (one arena, no mmap) every fresh-clone run of the whole suite in one
+# process crashed inside an XLA:CPU compile after 30+ minutes and ~650 tests (segfault / abort, three runs, at
+# different tests that each pass alone), while the suite ran clean before they were applied to it. tests/unit/
+# test_host_memory.py checks the settings themselves in fresh processes.
+os.environ.setdefault("LLAMA4_JAX_HOST_MALLOC", "system")
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
