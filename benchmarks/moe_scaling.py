@@ -1,12 +1,19 @@
 """MoE layer time against the number of experts at fixed active parameters (measures; asserts nothing).
 
-    python benchmarks/moe_scaling.py --experts=8,16,32,64,128 --impls=blocked,ragged_dot --tokens=2048
+    python benchmarks/moe_scaling.py --experts=8,16,32,64,128 --impls=blocked,ragged_dot --tokens=2048,32768
 
 One routed-expert layer of the tiny preset's width (D=256, expert width F=512, top-1, so the parameters each token
-uses stay fixed while the total grows with E), `--tokens` tokens, forward + backward (`jax.value_and_grad` of a
-scalar of the output with respect to the input and all expert weights) with each `kernels.moe` path in `--impls`.
-Router logits are random, so the load is roughly balanced. Per (impl, E): the median of `--repeats` jitted calls
-after a warm-up; ratios are to the smallest E of the same impl. Prints one JSON line.
+uses stay fixed while the total grows with E), for each of `--tokens` token counts, forward + backward
+(`jax.value_and_grad` of a scalar of the output with respect to the input and all expert weights) with each
+`kernels.moe` path in `--impls`. Router logits are random, so the load is roughly balanced. Per (tokens, impl, E):
+the median of `--repeats` jitted calls after a warm-up; ratios are to the smallest E of the same impl and tokens.
+
+Beside each time it prints what the layer cannot avoid: the routed matmuls' FLOPs (fixed in E) and the expert
+weights' bytes (growing with E: every expert's weights are read by the forward and by the input gradient, and its
+weight gradient is written, 3 x the bytes), with the machine's fp32 matmul rate and its copy bandwidth measured in
+the same run, so `model_s` = FLOPs / rate + 3 x weight bytes / bandwidth is the time of an ideal dispatch and
+`model_ratio` its growth with E. At few tokens per expert the weight traffic dominates whatever the dispatch does.
+Prints one JSON line.
 """
 
 from __future__ import annotations
@@ -24,20 +31,44 @@ from absl import app, flags  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
+from benchmarks.timing import matmul_gflops  # noqa: E402
 from llama4_jax.host_memory import requested_mode, retain_freed_host_memory  # noqa: E402
 from llama4_jax.ops import moe as moe_ops  # noqa: E402
 
 EXPERTS = flags.DEFINE_list("experts", "8,16,32,64,128", "expert counts")
 IMPLS = flags.DEFINE_list("impls", "blocked,ragged_dot", "kernels.moe paths to time")
-TOKENS = flags.DEFINE_integer("tokens", 2048, "tokens through the layer (8 x 256 in the training benchmarks)")
+TOKENS = flags.DEFINE_list("tokens", "2048", "token counts through the layer (8 x 256 in the training benchmarks)")
 HIDDEN = flags.DEFINE_integer("hidden", 256, "model width D")
 WIDTH = flags.DEFINE_integer("width", 512, "expert width F")
 TOP_K = flags.DEFINE_integer("top_k", 1, "experts per token")
 REPEATS = flags.DEFINE_integer("repeats", 7, "timed calls per point")
 
 
-def time_layer(impl: str, e: int) -> float:
-  t, d, f, k = TOKENS.value, HIDDEN.value, WIDTH.value, TOP_K.value
+COPY_BYTES = 256 << 20
+
+
+def copy_gbps(repeats: int) -> float:
+  """Median GB/s (bytes read + written) of a jitted out-of-place scale of a 256 MiB fp32 array."""
+  x = jnp.ones((COPY_BYTES // 4,), jnp.float32)
+  scale = jax.jit(lambda a: a * 1.5)
+  jax.block_until_ready(scale(x))
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    jax.block_until_ready(scale(x))
+    times.append(time.perf_counter() - t0)
+  return 2 * COPY_BYTES / statistics.median(times) / 1e9
+
+
+def layer_costs(t: int, e: int) -> tuple[float, float]:
+  """(routed matmul FLOPs of forward + backward, expert weight bytes) of one call."""
+  d, f, k = HIDDEN.value, WIDTH.value, TOP_K.value
+  per_token = 2 * (d * 2 * f + f * d)  # gate/up and down, one expert
+  return 3 * per_token * t * k, 4 * e * (d * 2 * f + f * d)
+
+
+def time_layer(impl: str, e: int, t: int) -> float:
+  d, f, k = HIDDEN.value, WIDTH.value, TOP_K.value
   keys = jax.random.split(jax.random.key(e), 4)
   x = jax.random.normal(keys[0], (t, d), jnp.float32)
   router = jax.random.normal(keys[1], (d, e), jnp.float32)
@@ -62,13 +93,27 @@ def time_layer(impl: str, e: int) -> float:
 def main(argv):
   del argv
   experts = [int(e) for e in EXPERTS.value]
+  tokens = [int(t) for t in TOKENS.value]
+  gflops = max(matmul_gflops(((1024, 1024, 1024), (2048, 256, 1024)), 10).values())
+  gbps = copy_gbps(7)
   out = {}
-  for impl in IMPLS.value:
-    rows = {e: time_layer(impl, e) for e in experts}
-    out[impl] = {str(e): {"seconds": round(s, 5), "ratio_to_first": round(s / rows[experts[0]], 3)}
-                 for e, s in rows.items()}
-  print(json.dumps({"benchmark": "moe_scaling", "tokens": TOKENS.value, "hidden": HIDDEN.value,
-                    "expert_width": WIDTH.value, "top_k": TOP_K.value, "by_impl": out,
+  for t in tokens:
+    out[str(t)] = {}
+    for impl in IMPLS.value:
+      rows = {e: time_layer(impl, e, t) for e in experts}
+      model = {}
+      for e in experts:
+        flop, nbytes = layer_costs(t, e)
+        model[e] = flop / (gflops * 1e9) + 3 * nbytes / (gbps * 1e9)
+      out[str(t)][impl] = {
+          str(e): {"seconds": round(s, 5), "ratio_to_first": round(s / rows[experts[0]], 3),
+                   "achieved_gflops": round(layer_costs(t, e)[0] / s / 1e9, 1),
+                   "expert_weight_mb": round(layer_costs(t, e)[1] / 1e6, 1), "model_s": round(model[e], 5),
+                   "model_ratio": round(model[e] / model[experts[0]], 3), "tokens_per_expert": t * TOP_K.value // e}
+          for e, s in rows.items()}
+  print(json.dumps({"benchmark": "moe_scaling", "tokens": tokens, "hidden": HIDDEN.value,
+                    "expert_width": WIDTH.value, "top_k": TOP_K.value, "matmul_gflops": round(gflops, 1),
+                    "copy_gbps": round(gbps, 2), "by_tokens": out,
                     "host_malloc": requested_mode(), "jax": jax.__version__,
                     "device": str(jax.devices()[0])}))
 
