@@ -147,6 +147,77 @@ def optimum(rows: Sequence[dict], x: str, group: str, metric: str = "final_train
   return best
 
 
+def fitted_optimum(rows: Sequence[dict], x: str, group: str, metric: str = "final_train_loss") -> dict:
+  """{group value: {"grid": best log2 x on the grid, "fit": the vertex of the parabola through the best point and its
+  two neighbours in log2 x (clamped to them), "edge": True where the best point is the grid's first or last, so the
+  true optimum may lie outside the swept range (then "fit" is the grid point)}}."""
+  out = {}
+  for g in sorted({r.get(group) for r in rows if x in r}, key=lambda v: (v is None, v)):
+    pts = sorted((math.log2(r[x]), r[metric]) for r in rows if r.get(group) == g and x in r
+                 and r.get(metric) is not None and math.isfinite(r[metric]))
+    if not pts:
+      continue
+    j = min(range(len(pts)), key=lambda i: pts[i][1])
+    u = pts[j][0]
+    if 0 < j < len(pts) - 1:
+      (u0, y0), (u1, y1), (u2, y2) = pts[j - 1:j + 2]
+      # vertex of the parabola through three points (any spacing)
+      den = (u0 - u1) * (u0 - u2) * (u1 - u2)
+      a = (u2 * (y1 - y0) + u1 * (y0 - y2) + u0 * (y2 - y1)) / den
+      b = (u2 ** 2 * (y0 - y1) + u1 ** 2 * (y2 - y0) + u0 ** 2 * (y1 - y2)) / den
+      fit = min(max(-b / (2 * a), u0), u2) if a > 0 else u1
+    else:
+      fit = u
+    out[g] = {"grid": u, "fit": fit, "edge": not 0 < j < len(pts) - 1, "loss": pts[j][1]}
+  return out
+
+
+def transfer_report(rows: Sequence[dict], x: str, group: str, metric: str = "final_train_loss") -> dict:
+  """How far the optimum of log2 x moves across `group`: "shift" = fitted optimum at the largest group value minus
+  at the smallest (octaves), "spread" = largest minus smallest fitted optimum over all groups, "any_edge" = some
+  group's best point lies on the grid's edge (the shift is then a bound, not a measurement)."""
+  opt = fitted_optimum(rows, x, group, metric)
+  if len(opt) < 2:
+    raise ValueError(f"transfer_report needs finished runs at 2 or more values of {group}, got {sorted(opt)}")
+  groups = list(opt)
+  fits = [v["fit"] for v in opt.values()]
+  return {"optimum": opt, "shift": opt[groups[-1]]["fit"] - opt[groups[0]]["fit"], "spread": max(fits) - min(fits),
+          "any_edge": any(v["edge"] for v in opt.values())}
+
+
+def train_curve(run_dir: str) -> dict[int, float]:
+  """{step: logged train loss} of a run's metrics.jsonl."""
+  curve = {}
+  with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+    for line in f:
+      row = json.loads(line)
+      if "loss" in row and "stage_step" in row:
+        curve[int(row["step"])] = float(row["loss"])
+  return curve
+
+
+def wider_is_better(workdir: str, rows: Sequence[dict], x: str, group: str, skip_steps: int = 1) -> dict:
+  """For each swept x (e.g. learning rate) at which every group value finished: at each logged step past
+  `skip_steps` (step 1 is the untrained model: its order is chance), is the train loss strictly lower for every
+  larger group value? Returns {x value: {"steps": steps compared, "violations": [(step, smaller g, larger g, their
+  losses)]}}. The runs see the same batches in the same order, so each step compares the models on one batch."""
+  by_x = {}
+  for r in rows:
+    if x in r and r.get("status", "done") in ("done", "skipped") and math.isfinite(r.get("final_train_loss", math.nan)):
+      by_x.setdefault(r[x], {})[r.get(group)] = r["name"]
+  groups = sorted({r.get(group) for r in rows if x in r})
+  out = {}
+  for xv, names in sorted(by_x.items()):
+    if sorted(names) != groups:
+      continue
+    curves = [train_curve(os.path.join(workdir, names[g])) for g in groups]
+    steps = sorted(set.intersection(*(set(c) for c in curves)) - set(range(skip_steps + 1)))
+    violations = [(s, groups[i], groups[i + 1], curves[i][s], curves[i + 1][s])
+                  for s in steps for i in range(len(groups) - 1) if not curves[i + 1][s] < curves[i][s]]
+    out[xv] = {"steps": len(steps), "violations": violations}
+  return out
+
+
 def plot(rows: Sequence[dict], path: str, x: str, group: str, metric: str = "final_train_loss") -> None:
   """Loss against log2(x), one curve per value of `group`, optimum marked."""
   import matplotlib
@@ -175,8 +246,18 @@ def main(argv):
   f = flags.FLAGS
   rows = run_sweep(f.config, f.workdir, f.parallel, f.tail)
   plot(rows, os.path.join(f.workdir, "sweep.png"), f.x, f.group)
+  finished = [r for r in rows if not r["status"].startswith("failed")]
   for g, (bx, loss) in sorted(optimum(rows, f.x, f.group).items(), key=lambda kv: str(kv[0])):
     print(f"{f.group}={g}: best {f.x}={bx:g} (log2 {math.log2(bx):.2f}), final train loss {loss:.4f}")
+  if len({r.get(f.group) for r in finished}) >= 2:
+    rep = transfer_report(finished, f.x, f.group)
+    fits = ", ".join(f"{g}: {v['fit']:.2f}{' (edge)' if v['edge'] else ''}" for g, v in rep["optimum"].items())
+    print(f"fitted log2 {f.x} optimum per {f.group}: {fits}; shift smallest -> largest {rep['shift']:+.2f} "
+          f"octaves, spread {rep['spread']:.2f}")
+    for xv, res in wider_is_better(f.workdir, finished, f.x, f.group).items():
+      bad = res["violations"]
+      print(f"{f.x}={xv:g}: larger {f.group} lower train loss at every one of {res['steps']} logged steps"
+            if not bad else f"{f.x}={xv:g}: {len(bad)} violations in {res['steps']} steps, first {bad[0]}")
   failed = [r["name"] for r in rows if r["status"].startswith("failed")]
   print(f"{len(rows)} runs: {sum(r['status'] == 'done' for r in rows)} ran, "
         f"{sum(r['status'] == 'skipped' for r in rows)} already finished, {len(failed)} failed "

@@ -2,6 +2,7 @@
 finished runs, results in a CSV and the μTransfer plot; bad sweep files named."""
 
 import csv
+import json
 import math
 import os
 import textwrap
@@ -87,3 +88,46 @@ def test_bad_sweep_files_are_named(tmp_path, body, message):
     sweep.load_sweep(path)
   with pytest.raises(FileNotFoundError, match="no such experiment file"):
     sweep.load_sweep(str(tmp_path / "missing.py"))
+
+
+def test_fitted_optimum_finds_the_parabola_vertex_between_grid_points():
+  # loss = (log2 lr - c)^2 exactly: the fit recovers c between grid points; at the grid's edge it says so.
+  rows = [{"lr": 2.0 ** e, "w": w, "final_train_loss": (e - c) ** 2 + 1}
+          for e in range(-10, -4) for w, c in ((64, -7.3), (128, -7.8), (512, -4.0))]
+  opt = sweep.fitted_optimum(rows, "lr", "w")
+  assert opt[64]["grid"] == -7 and opt[64]["fit"] == pytest.approx(-7.3) and not opt[64]["edge"]
+  assert opt[128]["grid"] == -8 and opt[128]["fit"] == pytest.approx(-7.8)
+  assert opt[512] == {"grid": -5, "fit": -5, "edge": True, "loss": 2.0}
+  rep = sweep.transfer_report([r for r in rows if r["w"] != 512], "lr", "w")
+  assert rep["shift"] == pytest.approx(-0.5) and rep["spread"] == pytest.approx(0.5) and not rep["any_edge"]
+  assert sweep.transfer_report(rows, "lr", "w")["any_edge"]
+  # a diverged run (nan) is left out, not taken as the best
+  rows.append({"lr": 2.0 ** -4, "w": 64, "final_train_loss": float("nan")})
+  assert sweep.fitted_optimum(rows, "lr", "w")[64]["grid"] == -7
+  with pytest.raises(ValueError, match="2 or more values of w"):
+    sweep.transfer_report([r for r in rows if r["w"] == 64], "lr", "w")
+
+
+def _fake_run(workdir, name, losses):
+  os.makedirs(os.path.join(workdir, name))
+  with open(os.path.join(workdir, name, "metrics.jsonl"), "w") as f:
+    for step, loss in losses.items():
+      f.write(json.dumps({"step": step, "stage_step": step, "loss": loss}) + "\n")
+    f.write(json.dumps({"step": max(losses), "eval_loss": 1.0}) + "\n")
+
+
+def test_wider_is_better_compares_every_logged_step(tmp_path):
+  workdir = str(tmp_path)
+  rows = []
+  curves = {(0.01, 32): {1: 8.0, 10: 6.0, 20: 5.0}, (0.01, 64): {1: 8.1, 10: 5.5, 20: 4.5},
+            (0.1, 32): {1: 8.0, 10: 6.0, 20: 5.0}, (0.1, 64): {1: 7.9, 10: 6.2, 20: 4.0}}
+  for (lr, w), losses in curves.items():
+    name = f"lr={lr},w={w}"
+    _fake_run(workdir, name, losses)
+    rows.append({"name": name, "lr": lr, "w": w, "final_train_loss": losses[20], "status": "done"})
+  res = sweep.wider_is_better(workdir, rows, "lr", "w")
+  assert res[0.01] == {"steps": 2, "violations": []}  # step 1 (untrained) is not compared
+  assert res[0.1] == {"steps": 2, "violations": [(10, 32, 64, 6.0, 6.2)]}
+  # an x value where some width did not finish is not judged
+  rows[3]["status"] = "failed (exit 1)"
+  assert list(sweep.wider_is_better(workdir, rows, "lr", "w")) == [0.01]
