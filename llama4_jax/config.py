@@ -20,7 +20,7 @@ ATTENTION_IMPLS = ("xla", "dense", "pallas")
 # The experiment config's `kernels` section (the only place experiments choose kernels) -> ModelConfig fields.
 KERNEL_KEYS = {"moe": "moe_impl", "attention": "attention_impl", "interpret": "kernel_interpret",
                "capacity_factor": "moe_capacity_factor"}
-ROPE_TYPES = ("default", "llama3")
+ROPE_TYPES = ("default", "llama3", "linear", "ntk", "dynamic", "yarn")
 
 
 class ConfigError(ValueError):
@@ -29,13 +29,25 @@ class ConfigError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class RopeScaling:
-  """llama3-style frequency scaling (Llama 3.1 / Llama 4 Scout); `rope_type='default'` means none."""
+  """How the rotary frequencies are rescaled for longer contexts (llama4_jax/model/rope.py has the formulas).
+
+  rope_type: 'llama3' (Llama 3.1 / Llama 4 Scout band scaling: factor, low/high_freq_factor, original length),
+  'linear' (position interpolation: every frequency / factor), 'ntk' (static NTK-aware: base x factor^(d/(d-2))),
+  'dynamic' (dynamic NTK: the NTK base computed from the current length when it exceeds the original length),
+  'yarn' (per-dimension ramp between interpolation and extrapolation from beta_fast / beta_slow rotations over the
+  original length, cos/sin x attention_factor, default 0.1 ln(factor) + 1), or 'default' (none). A larger base
+  (ABF) is `model.rope_theta` itself.
+  """
 
   rope_type: str = "llama3"
   factor: float = 16.0
   low_freq_factor: float = 1.0
   high_freq_factor: float = 1.0
   original_max_position_embeddings: int = 8192
+  beta_fast: float = 32.0
+  beta_slow: float = 1.0
+  attention_factor: float | None = None
+  truncate: bool = True  # yarn: round the ramp's ends to whole dimensions (as the reference implementations do)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,12 +137,13 @@ class ModelConfig:
     return (i + 1) % self.interleave_moe_layer_step == 0
 
   def is_rope_layer(self, i: int) -> bool:
-    return (i + 1) % self.no_rope_layer_interval != 0
+    """Layer i uses RoPE unless (i + 1) is a multiple of no_rope_layer_interval (1: every layer NoPE; 0: none)."""
+    return self.no_rope_layer_interval == 0 or (i + 1) % self.no_rope_layer_interval != 0
 
   @property
   def block_size(self) -> int:
     """Length of the repeating super-block of layer kinds; depth is a scan over `num_blocks` of them."""
-    return math.lcm(self.no_rope_layer_interval, self.interleave_moe_layer_step)
+    return math.lcm(max(self.no_rope_layer_interval, 1), self.interleave_moe_layer_step)
 
   @property
   def num_blocks(self) -> int:
@@ -155,13 +168,16 @@ def validate(cfg: ModelConfig) -> None:
   """Raises ConfigError naming the first offending field."""
   _positive(cfg, "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
             "head_dim", "intermediate_size", "intermediate_size_mlp", "num_local_experts", "num_experts_per_tok",
-            "interleave_moe_layer_step", "no_rope_layer_interval", "floor_scale", "rope_theta", "rms_norm_eps",
+            "interleave_moe_layer_step", "floor_scale", "rope_theta", "rms_norm_eps",
             "max_position_embeddings")
   for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
                "head_dim", "intermediate_size", "intermediate_size_mlp", "num_local_experts", "num_experts_per_tok",
                "interleave_moe_layer_step", "no_rope_layer_interval"):
     if not isinstance(getattr(cfg, name), int) or isinstance(getattr(cfg, name), bool):
       raise ConfigError(f"model.{name} must be an integer, got {getattr(cfg, name)!r}")
+  if cfg.no_rope_layer_interval < 0:
+    raise ConfigError(f"model.no_rope_layer_interval must be >= 0 (0: no NoPE layers), "
+                      f"got {cfg.no_rope_layer_interval}")
   if cfg.num_attention_heads % cfg.num_key_value_heads:
     raise ConfigError(f"model.num_attention_heads={cfg.num_attention_heads} is not divisible by "
                       f"model.num_key_value_heads={cfg.num_key_value_heads}")
@@ -191,14 +207,21 @@ def validate(cfg: ModelConfig) -> None:
   if rs is not None:
     if rs.rope_type not in ROPE_TYPES:
       raise ConfigError(f"model.rope_scaling.rope_type={rs.rope_type!r} is not one of {ROPE_TYPES}")
+    if rs.rope_type != "default" and not (isinstance(rs.factor, (int, float)) and rs.factor >= 1):
+      raise ConfigError(f"model.rope_scaling.factor={rs.factor!r} must be a number >= 1")
+    if rs.rope_type != "default" and rs.original_max_position_embeddings <= 0:
+      raise ConfigError("model.rope_scaling.original_max_position_embeddings must be positive")
+    if rs.rope_type in ("ntk", "dynamic") and cfg.head_dim <= 2:
+      raise ConfigError(f"model.rope_scaling.rope_type={rs.rope_type!r} needs head_dim > 2, got {cfg.head_dim}")
+    if rs.rope_type == "yarn":
+      if not rs.beta_fast > rs.beta_slow > 0:
+        raise ConfigError(f"model.rope_scaling.beta_fast={rs.beta_fast} must exceed beta_slow={rs.beta_slow} > 0")
+      if rs.attention_factor is not None and rs.attention_factor <= 0:
+        raise ConfigError(f"model.rope_scaling.attention_factor={rs.attention_factor} must be positive (or None)")
     if rs.rope_type == "llama3":
-      if rs.factor < 1:
-        raise ConfigError(f"model.rope_scaling.factor={rs.factor} must be >= 1")
       if rs.low_freq_factor <= 0 or rs.high_freq_factor < rs.low_freq_factor:
         raise ConfigError(f"model.rope_scaling.high_freq_factor={rs.high_freq_factor} must be >= "
                           f"low_freq_factor={rs.low_freq_factor} > 0")
-      if rs.original_max_position_embeddings <= 0:
-        raise ConfigError("model.rope_scaling.original_max_position_embeddings must be positive")
   for name in ("init_multipliers", "forward_multipliers"):
     _check_multipliers(name, getattr(cfg, name))
   if cfg.vision is not None:

@@ -13,12 +13,13 @@ parameterization? (issue 10)
         --workdir=runs/metap_batch_metap --group=data.batch_size
 
 Tiny MoE models on the embedded corpus (128-token rows, the embedded tokenizer), 4 layers of the Llama 4 pattern
-(dense / MoE alternating, 8 experts, top-1, a NoPE layer every 4th), head_dim 32. The base shape is the smallest
-model of each axis: width 64, depth 4, batch 8.
-  * width: hidden 64, 128, 256, 512 (8x); heads = hidden / 32 (two per key/value head), expert width 2 x hidden,
-    dense FFN width 4 x hidden; 8 learning rates 2^-12 .. 2^-5; 200 steps of 8 x 128 tokens.
-  * depth: 4, 8, 16 layers (4x) at width 128, the same learning rates and steps.
-  * batch: 8, 16, 32 rows (4x) at width 128 and a fixed token budget (steps x batch = 1,600 rows); metap scales
+(dense / MoE alternating, 8 experts, top-1, a NoPE layer every 4th), head_dim 16. The base shape is the smallest
+model of each axis: width 32, depth 4, batch 8.
+  * width: hidden 32, 64, 128, 256 (8x); heads = hidden / 16 (two per key/value head), expert width 2 x hidden,
+    dense FFN width 4 x hidden; 8 learning rates 2^-12 .. 2^-5; 200 steps of 8 x 128 tokens. (Widths 64-512 with
+    head_dim 32 were the first plan: the 512-wide runs take 5-8 minutes each on the 2-core machine, 8x the cost.)
+  * depth: 4, 8, 16 layers (4x) at width 64, the same learning rates and steps.
+  * batch: 8, 16, 32 rows (4x) at width 64 and a fixed token budget (steps x batch = 1,600 rows); metap scales
     every learning rate by sqrt(batch / 8) (`param_scaling.batch_exponent=0.5`).
 `metap` uses the CompleteP table of configs/base.py (hidden matrices init x m^-1/2 and Adam LR x m^-1, readout and
 router logits x m^-1, residual branches x L^-1); `standard` uses one learning rate and init std 0.02 everywhere.
@@ -30,8 +31,10 @@ from configs import base
 
 KINDS = ("standard", "mup", "completep", "metap")
 AXES = ("width", "depth", "batch")
-LEARNING_RATES = tuple(2.0 ** e for e in range(-12, -4))
-WIDTHS = (64, 128, 256, 512)
+# 2^-12 .. 2^-5, run from the middle outwards so that a sweep cut short still brackets the optima
+LEARNING_RATES = tuple(2.0 ** e for e in (-8, -7, -9, -6, -10, -5, -11, -12))
+WIDTHS = (32, 64, 128, 256)
+HEAD_DIM = 16
 DEPTHS = (4, 8, 16)
 BATCHES = (8, 16, 32)
 BASE_STEPS, BASE_BATCH = 200, 8
@@ -48,7 +51,7 @@ def _parse(arg: str):
 
 
 def width_overrides(width: int) -> dict:
-  heads = width // 32
+  heads = width // HEAD_DIM
   return {"model.hidden_size": width, "model.num_attention_heads": heads, "model.num_key_value_heads": heads // 2,
           "model.intermediate_size": 2 * width, "model.intermediate_size_mlp": 4 * width}
 
@@ -56,16 +59,19 @@ def width_overrides(width: int) -> dict:
 def get_config(arg: str = ""):
   kind, _, smoke = _parse(arg)
   config = base.get_config("tiny")
-  config.model.update(num_hidden_layers=4, head_dim=32, num_local_experts=8, scan_unroll=1)
-  for key, value in width_overrides(64).items():
+  config.model.update(num_hidden_layers=4, head_dim=HEAD_DIM, num_local_experts=8, scan_unroll=1)
+  for key, value in width_overrides(WIDTHS[0]).items():
     config.model[key.split(".")[1]] = value
   config.data.update(seq_len=128, batch_size=BASE_BATCH, eval_batches=4)
   config.optim.update(learning_rate=2.0 ** -8, warmup_steps=20, schedule="cosine", min_lr_ratio=0.1)
   config.train.update(steps=BASE_STEPS, log_every=10, eval_every=BASE_STEPS, checkpoint_every=BASE_STEPS,
                       tensorboard=False, progress=False)
   config.parameterization = kind
-  config.param_scaling.base.update(hidden_size=64, num_attention_heads=2, head_dim=32, intermediate_size=128,
-                                   intermediate_size_mlp=256, num_local_experts=8, num_hidden_layers=4,
+  shape = width_overrides(WIDTHS[0])
+  config.param_scaling.base.update(hidden_size=WIDTHS[0], num_attention_heads=shape["model.num_attention_heads"],
+                                   head_dim=HEAD_DIM, intermediate_size=shape["model.intermediate_size"],
+                                   intermediate_size_mlp=shape["model.intermediate_size_mlp"], num_local_experts=8,
+                                   num_hidden_layers=4,
                                    batch_size=BASE_BATCH)
   if kind == "metap":
     config.param_scaling.batch_exponent = 0.5  # Adam: learning rate ~ sqrt(batch) below the critical batch
@@ -86,9 +92,9 @@ def get_sweep(arg: str = ""):
     if axis == "width":
       runs += [{"optim.learning_rate": lr, **width_overrides(w)} for w in WIDTHS]
     elif axis == "depth":
-      runs += [{"optim.learning_rate": lr, **width_overrides(128), "model.num_hidden_layers": d} for d in DEPTHS]
+      runs += [{"optim.learning_rate": lr, **width_overrides(64), "model.num_hidden_layers": d} for d in DEPTHS]
     else:
-      runs += [{"optim.learning_rate": lr, **width_overrides(128), "data.batch_size": b,
+      runs += [{"optim.learning_rate": lr, **width_overrides(64), "data.batch_size": b,
                 "train.steps": BASE_STEPS * BASE_BATCH // b, "train.eval_every": BASE_STEPS * BASE_BATCH // b,
                 "train.checkpoint_every": BASE_STEPS * BASE_BATCH // b} for b in BATCHES]
   return runs

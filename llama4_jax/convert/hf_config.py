@@ -1,7 +1,8 @@
 """Hugging Face Llama 4 config.json <-> ModelConfig.
 
 Reads both spellings of the rotary settings (transformers 4.51 `rope_theta` + `rope_scaling`, and v5
-`rope_parameters`), and HF's `no_rope_layers` whose 1 means the layer *uses* RoPE.
+`rope_parameters`; rope types llama3, linear, dynamic, yarn), and HF's `no_rope_layers` whose 1 means the layer
+*uses* RoPE.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from llama4_jax.config import ConfigError, ModelConfig, RopeScaling, VisionConfig
+from llama4_jax.model.rope import ntk_exponent
 
 TEXT_ARCHITECTURES = ("Llama4ForCausalLM",)
 VISION_ARCHITECTURES = ("Llama4ForConditionalGeneration",)
@@ -37,14 +39,55 @@ def _rope(hf: dict) -> tuple[float, RopeScaling | None]:
   if not scaling or scaling.get("rope_type", scaling.get("type", "default")) == "default":
     return float(theta), None
   rope_type = scaling.get("rope_type", scaling.get("type"))
-  if rope_type != "llama3":
-    raise ConfigError(f"config.json: rope type {rope_type!r} is not supported (only 'llama3' or none)")
   try:
-    rs = RopeScaling("llama3", float(scaling["factor"]), float(scaling["low_freq_factor"]),
-                     float(scaling["high_freq_factor"]), int(scaling["original_max_position_embeddings"]))
+    if rope_type == "llama3":
+      rs = RopeScaling("llama3", float(scaling["factor"]), float(scaling["low_freq_factor"]),
+                       float(scaling["high_freq_factor"]), int(scaling["original_max_position_embeddings"]))
+    elif rope_type == "linear":
+      rs = RopeScaling("linear", float(scaling["factor"]))
+    elif rope_type == "dynamic":  # transformers measures the growth against config.max_position_embeddings
+      rs = RopeScaling("dynamic", float(scaling["factor"]),
+                       original_max_position_embeddings=int(hf.get("max_position_embeddings", 131072)))
+    elif rope_type == "yarn":
+      if scaling.get("mscale") or scaling.get("mscale_all_dim") or scaling.get("partial_rotary_factor", 1.0) != 1.0:
+        raise ConfigError("config.json: yarn rope scaling with mscale / mscale_all_dim / partial_rotary_factor is "
+                          "not supported")
+      factor = scaling.get("factor")
+      original = int(scaling["original_max_position_embeddings"])
+      if factor is None:
+        factor = int(hf["max_position_embeddings"]) / original
+      attn = scaling.get("attention_factor")
+      rs = RopeScaling("yarn", float(factor), original_max_position_embeddings=original,
+                       beta_fast=float(scaling.get("beta_fast") or 32), beta_slow=float(scaling.get("beta_slow") or 1),
+                       attention_factor=None if attn is None else float(attn),
+                       truncate=bool(scaling.get("truncate", True)))
+    else:
+      raise ConfigError(f"config.json: rope type {rope_type!r} is not supported "
+                        "(llama3, linear, dynamic, yarn or none)")
   except KeyError as e:
-    raise ConfigError(f"config.json: llama3 rope scaling lacks key {e}") from e
+    raise ConfigError(f"config.json: {rope_type} rope scaling lacks key {e}") from e
   return float(theta), rs
+
+
+def _rope_to_hf(cfg: ModelConfig) -> tuple[dict, int]:
+  """(rope_parameters, max_position_embeddings) for transformers."""
+  rs, max_pos = cfg.rope_scaling, cfg.max_position_embeddings
+  if rs is None or rs.rope_type == "default":
+    return {"rope_type": "default", "rope_theta": cfg.rope_theta}, max_pos
+  if rs.rope_type == "ntk":  # static NTK is a larger base: transformers has no name for it
+    return {"rope_type": "default", "rope_theta": cfg.rope_theta * rs.factor ** ntk_exponent(cfg.head_dim)}, max_pos
+  rope = {"rope_type": rs.rope_type, "rope_theta": cfg.rope_theta, "factor": rs.factor}
+  if rs.rope_type == "llama3":
+    rope.update(low_freq_factor=rs.low_freq_factor, high_freq_factor=rs.high_freq_factor,
+                original_max_position_embeddings=rs.original_max_position_embeddings)
+  elif rs.rope_type == "dynamic":
+    max_pos = rs.original_max_position_embeddings  # transformers' reference length for the dynamic base
+  elif rs.rope_type == "yarn":
+    rope.update(original_max_position_embeddings=rs.original_max_position_embeddings, beta_fast=rs.beta_fast,
+                beta_slow=rs.beta_slow, truncate=rs.truncate)
+    if rs.attention_factor is not None:
+      rope["attention_factor"] = rs.attention_factor
+  return rope, max_pos
 
 
 _VISION_FIELDS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "image_size",
@@ -107,7 +150,8 @@ def config_from_hf(hf: dict, **overrides: Any) -> ModelConfig:
     raise ConfigError(f"config.json: missing required key {e}") from e
   if hf.get("no_rope_layers"):
     nope = [1 - int(f) for f in hf["no_rope_layers"]]  # HF: 1 = uses RoPE
-    nope_interval = _pattern_interval(nope, "no_rope_layers", layers)
+    # all RoPE: interval 0 (no NoPE layer)
+    nope_interval = _pattern_interval(nope, "no_rope_layers", layers) if any(nope[:layers]) else 0
   else:
     nope_interval = int(hf.get("no_rope_layer_interval", 4))
   if hf.get("moe_layers") is not None:
@@ -162,12 +206,7 @@ def config_to_hf(cfg: ModelConfig, torch_dtype: str = "float32") -> dict:
 
 def _text_config_to_hf(cfg: ModelConfig, torch_dtype: str) -> dict:
   layers = range(cfg.num_hidden_layers)
-  rope = {"rope_type": "default", "rope_theta": cfg.rope_theta}
-  if cfg.rope_scaling is not None:
-    rs = cfg.rope_scaling
-    rope = {"rope_type": rs.rope_type, "rope_theta": cfg.rope_theta, "factor": rs.factor,
-            "low_freq_factor": rs.low_freq_factor, "high_freq_factor": rs.high_freq_factor,
-            "original_max_position_embeddings": rs.original_max_position_embeddings}
+  rope, max_pos = _rope_to_hf(cfg)
   no_rope_layers = [int(cfg.is_rope_layer(i)) for i in layers]
   return {
       "architectures": ["Llama4ForCausalLM"], "model_type": "llama4_text", "dtype": torch_dtype,
@@ -176,7 +215,9 @@ def _text_config_to_hf(cfg: ModelConfig, torch_dtype: str) -> dict:
       "head_dim": cfg.head_dim, "intermediate_size": cfg.intermediate_size,
       "intermediate_size_mlp": cfg.intermediate_size_mlp, "num_local_experts": cfg.num_local_experts,
       "num_experts_per_tok": cfg.num_experts_per_tok, "interleave_moe_layer_step": cfg.interleave_moe_layer_step,
-      "moe_layers": [i for i in layers if cfg.is_moe_layer(i)], "no_rope_layer_interval": cfg.no_rope_layer_interval,
+      "moe_layers": [i for i in layers if cfg.is_moe_layer(i)],
+      # transformers divides by the interval even when no_rope_layers is given: 0 (no NoPE layer) goes out as L + 1
+      "no_rope_layer_interval": cfg.no_rope_layer_interval or cfg.num_hidden_layers + 1,
       "no_rope_layers": no_rope_layers,
       "layer_types": ["chunked_attention" if r else "full_attention" for r in no_rope_layers],
       "attention_chunk_size": cfg.attention_chunk_size, "use_qk_norm": cfg.use_qk_norm,
@@ -184,7 +225,7 @@ def _text_config_to_hf(cfg: ModelConfig, torch_dtype: str) -> dict:
       "attn_temperature_tuning": cfg.attn_temperature_tuning,
       "floor_scale": int(cfg.floor_scale) if float(cfg.floor_scale).is_integer() else cfg.floor_scale,
       "attn_scale": cfg.attn_scale, "rope_parameters": rope, "rms_norm_eps": cfg.rms_norm_eps,
-      "max_position_embeddings": cfg.max_position_embeddings, "initializer_range": cfg.initializer_range,
+      "max_position_embeddings": max_pos, "initializer_range": cfg.initializer_range,
       "hidden_act": "silu", "attention_bias": False, "tie_word_embeddings": False,
       # transformers rejects special ids outside the vocabulary (its embedding asserts on padding_idx).
       **{name: (tid if tid is not None and 0 <= tid < cfg.vocab_size else None)

@@ -1,7 +1,21 @@
-"""Rotary position embeddings as Llama 4 uses them: interleaved adjacent pairs, fp32 angles, llama3 scaling.
+"""Rotary position embeddings as Llama 4 uses them: interleaved adjacent pairs, fp32 angles, and the context-extension
+rescalings a length-generalization study compares (`config.RopeScaling`).
 
 Llama 4 checkpoints store q/k rows in Meta's interleaved order, so the rotation acts on pairs (2j, 2j+1) ("GPT-J"
 style), not on halves. Angles, cos/sin and the rotation itself are computed in float32 as in the references.
+
+Frequencies (d = head_dim, theta_j = base^(-2j/d), j < d/2, s = factor, L = original_max_position_embeddings):
+  llama3   keep wavelengths below L/high_freq_factor, divide those above L/low_freq_factor by s, blend in between
+  linear   theta_j / s (position interpolation: positions m -> m / s)
+  ntk      base -> base * s^(d/(d-2)) (static NTK-aware)
+  dynamic  base -> base * (s * n / L - (s - 1))^(d/(d-2)) with n = max(current length, L), the current length being
+           the largest position in the call + 1 (so rows up to L are untouched)
+  yarn     theta_j / s blended with theta_j by a ramp over dimensions j between the dimensions that turn beta_fast
+           and beta_slow times over L (few turns: interpolated; many: kept); cos and sin are multiplied by
+           attention_factor (default 0.1 ln s + 1), which scales attention logits by its square. On Llama 4's
+           RoPE layers the weightless qk-norm comes after the rotation and normalizes that factor away; it acts
+           only with use_qk_norm=False.
+These follow Hugging Face transformers' `modeling_rope_utils` (the parity oracle) formula by formula.
 """
 
 from __future__ import annotations
@@ -14,12 +28,53 @@ import numpy as np
 from llama4_jax.config import RopeScaling
 
 
-def inverse_frequencies(head_dim: int, theta: float, scaling: RopeScaling | None = None) -> np.ndarray:
-  """inv_freq_j = theta^(-2j/d) for j < d/2, optionally with llama3 band scaling; float32 [d/2]."""
+def _unscaled(head_dim: int, theta: float) -> np.ndarray:
   exponent = np.arange(0, head_dim, 2, dtype=np.float32) / np.float32(head_dim)
-  inv_freq = (np.float32(1.0) / (np.float32(theta) ** exponent)).astype(np.float32)
-  if scaling is None or scaling.rope_type == "default":
+  return (np.float32(1.0) / (np.float32(theta) ** exponent)).astype(np.float32)
+
+
+def ntk_exponent(head_dim: int) -> float:
+  return head_dim / (head_dim - 2)
+
+
+def yarn_ramp(head_dim: int, theta: float, scaling: RopeScaling) -> np.ndarray:
+  """Per frequency j, the share of the original (extrapolated) frequency YaRN keeps: 1 for the dimensions that turn
+  more than beta_fast times over the original length, 0 below beta_slow turns, linear in j between; float32 [d/2]."""
+  def dim_for(turns):  # the (fractional) dimension whose wavelength fits `turns` times into the original length
+    return head_dim * math.log(scaling.original_max_position_embeddings / (turns * 2 * math.pi)) / (2 * math.log(theta))
+  low, high = dim_for(scaling.beta_fast), dim_for(scaling.beta_slow)
+  if scaling.truncate:
+    low, high = math.floor(low), math.ceil(high)
+  low, high = max(low, 0), min(high, head_dim - 1)
+  if low == high:
+    high += 0.001  # a one-point ramp: avoid 0/0
+  ramp = np.clip((np.arange(head_dim // 2, dtype=np.float32) - low) / (high - low), 0, 1)
+  return (1 - ramp).astype(np.float32)
+
+
+def attention_factor(scaling: RopeScaling | None) -> float:
+  """The factor on cos and sin: YaRN's (given, or 0.1 ln s + 1 for s > 1), 1 for every other kind."""
+  if scaling is None or scaling.rope_type != "yarn":
+    return 1.0
+  if scaling.attention_factor is not None:
+    return float(scaling.attention_factor)
+  return 1.0 if scaling.factor <= 1 else 0.1 * math.log(scaling.factor) + 1.0
+
+
+def inverse_frequencies(head_dim: int, theta: float, scaling: RopeScaling | None = None) -> np.ndarray:
+  """The rotary frequencies [d/2] in float32 for every kind but 'dynamic', whose frequencies depend on the length
+  (`dynamic_inverse_frequencies`; here: its frequencies up to the original length, the unscaled ones)."""
+  kind = "default" if scaling is None else scaling.rope_type
+  if kind == "ntk":
+    theta = theta * scaling.factor ** ntk_exponent(head_dim)
+  inv_freq = _unscaled(head_dim, theta)
+  if kind in ("default", "ntk", "dynamic"):
     return inv_freq
+  if kind == "linear":
+    return (inv_freq / np.float32(scaling.factor)).astype(np.float32)
+  if kind == "yarn":
+    keep = yarn_ramp(head_dim, theta, scaling)
+    return (inv_freq / np.float32(scaling.factor) * (1 - keep) + inv_freq * keep).astype(np.float32)
   # llama3: keep short wavelengths, divide long ones by `factor`, interpolate in between.
   old_len = scaling.original_max_position_embeddings
   low_wavelen = old_len / scaling.low_freq_factor
@@ -34,10 +89,34 @@ def inverse_frequencies(head_dim: int, theta: float, scaling: RopeScaling | None
   return np.where(medium, smoothed, scaled).astype(np.float32)
 
 
-def rope_cos_sin(positions_BL: jnp.ndarray, inv_freq: np.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
+def dynamic_inverse_frequencies(head_dim: int, theta: float, scaling: RopeScaling, length) -> jnp.ndarray:
+  """Dynamic NTK frequencies for a (traced) current length: the base grows once the length passes the original."""
+  original = scaling.original_max_position_embeddings
+  n = jnp.maximum(jnp.asarray(length, jnp.float32), np.float32(original))
+  base = np.float32(theta) * (np.float32(scaling.factor) * n / np.float32(original)
+                              - np.float32(scaling.factor - 1)) ** np.float32(ntk_exponent(head_dim))
+  exponent = jnp.arange(0, head_dim, 2, dtype=jnp.float32) / np.float32(head_dim)
+  return 1.0 / base ** exponent
+
+
+def rope_cos_sin(positions_BL: jnp.ndarray, inv_freq) -> tuple[jnp.ndarray, jnp.ndarray]:
   """cos, sin tables [B, L, K/2] in float32 for integer positions."""
   angles_BLk = positions_BL.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq, jnp.float32)
   return jnp.cos(angles_BLk), jnp.sin(angles_BLk)
+
+
+def rope_tables(positions_BL: jnp.ndarray, head_dim: int, theta: float,
+                scaling: RopeScaling | None) -> tuple[jnp.ndarray, jnp.ndarray]:
+  """The model's cos, sin tables [B, L, K/2] for these positions under `scaling` (module docstring)."""
+  if scaling is not None and scaling.rope_type == "dynamic":
+    inv_freq = dynamic_inverse_frequencies(head_dim, theta, scaling, jnp.max(positions_BL) + 1)
+  else:
+    inv_freq = inverse_frequencies(head_dim, theta, scaling)
+  cos, sin = rope_cos_sin(positions_BL, inv_freq)
+  factor = attention_factor(scaling)
+  if factor != 1.0:
+    cos, sin = cos * np.float32(factor), sin * np.float32(factor)
+  return cos, sin
 
 
 def apply_rope(x_BLHK: jnp.ndarray, cos_BLk: jnp.ndarray, sin_BLk: jnp.ndarray) -> jnp.ndarray:

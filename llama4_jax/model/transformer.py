@@ -20,7 +20,7 @@ from llama4_jax.config import ModelConfig
 from llama4_jax.model.attention import Attention
 from llama4_jax.model.layers import MLP, RMSNorm, declare, dtype_of
 from llama4_jax.model.moe import MoE
-from llama4_jax.model.rope import inverse_frequencies, rope_cos_sin
+from llama4_jax.model.rope import rope_tables
 from llama4_jax.model.vision import VisionEncoder, merge_image_features
 from llama4_jax.ops import kv_cache as kv_cache_ops
 from llama4_jax.ops.attention import self_attention_masks
@@ -164,8 +164,8 @@ class Transformer(nn.Module):
       x_BLD = self._fuse_images(x_BLD, tokens_BL, pixels_BNCHW)
     if embeddings_only:
       return x_BLD
-    inv_freq = inverse_frequencies(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling)
-    ctx = {"positions": positions_BL, "segment_ids": segment_ids_BL, "cos_sin": rope_cos_sin(positions_BL, inv_freq)}
+    ctx = {"positions": positions_BL, "segment_ids": segment_ids_BL,
+           "cos_sin": rope_tables(positions_BL, cfg.head_dim, cfg.rope_theta, cfg.rope_scaling)}
     if kv_cache is None:
       ctx["global_mask"], ctx["chunked_mask"] = self_attention_masks(positions_BL, segment_ids_BL,
                                                                      cfg.attention_chunk_size)

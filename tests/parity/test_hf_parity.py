@@ -46,6 +46,18 @@ CASES = [
                        intermediate_size=10, intermediate_size_mlp=22, num_local_experts=5, attention_chunk_size=5,
                        floor_scale=3), 37),
     ("mha_no_gqa_long_chunk", dict(num_key_value_heads=4, attention_chunk_size=16, floor_scale=16), 50),
+    # Layer patterns and context-extension methods of the length-generalization studies (issue 11).
+    ("all_rope_chunked", dict(no_rope_layers=[1, 1, 1, 1]), 21),
+    ("all_nope", dict(no_rope_layers=[0, 0, 0, 0]), 21),
+    ("linear_interpolation", dict(rope_parameters={"rope_type": "linear", "rope_theta": 10000.0, "factor": 4.0}), 21),
+    ("dynamic_ntk_past_the_original_length", dict(
+        rope_parameters={"rope_type": "dynamic", "rope_theta": 10000.0, "factor": 4.0}, max_position_embeddings=12,
+        head_dim=16), 29),
+    ("yarn_no_qknorm", dict(use_qk_norm=False, head_dim=16, rope_parameters={
+        "rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0, "original_max_position_embeddings": 64}), 29),
+    ("yarn_given_attention_factor_qknorm", dict(head_dim=16, rope_parameters={
+        "rope_type": "yarn", "rope_theta": 10000.0, "factor": 8.0, "original_max_position_embeddings": 64,
+        "attention_factor": 1.5, "beta_fast": 16.0, "beta_slow": 2.0}), 23),
 ]
 
 
@@ -145,3 +157,49 @@ def test_old_config_spelling_and_bf16_checkpoint(tmp_path):
   ids = _tokens(cfg_new.vocab_size, 21)
   ours = np.asarray(llama4_jax.forward(cfg_old, params_old, ids))
   np.testing.assert_allclose(ours, _hf_logits(reference, ids), atol=TOL, rtol=0)
+
+
+@pytest.mark.parametrize("rope,pattern", [
+    (dict(rope_type="ntk", factor=4.0), {}),  # goes out as a plain rope with the raised base
+    (dict(rope_type="dynamic", factor=4.0, original_max_position_embeddings=12), {}),
+    (dict(rope_type="yarn", factor=4.0, original_max_position_embeddings=16, attention_factor=1.3), dict(
+        use_qk_norm=False)),
+    (dict(rope_type="linear", factor=2.0), dict(no_rope_layer_interval=0)),  # all RoPE
+    (dict(rope_type="default"), dict(no_rope_layer_interval=1)),  # all NoPE
+], ids=["ntk", "dynamic", "yarn", "linear_all_rope", "all_nope"])
+def test_rope_extensions_and_layer_patterns_export_to_transformers(tmp_path, rope, pattern):
+  """Each context-extension method and layer pattern of the length studies, from our config to transformers."""
+  import jax
+  from llama4_jax.config import RopeScaling
+  from tests.conftest import tiny_config
+  scaling = None if rope["rope_type"] == "default" else RopeScaling(**rope)
+  cfg = tiny_config(head_dim=16, rope_scaling=scaling, **pattern)
+  params = llama4_jax.init_params(cfg, jax.random.key(4))
+  path = llama4_jax.save_hf(cfg, params, str(tmp_path / "exported"))
+  reloaded = transformers.Llama4ForCausalLM.from_pretrained(path).eval()
+  ids = _tokens(cfg.vocab_size, 29)  # past the chunk (8) and the original lengths (12, 16)
+  ours = np.asarray(llama4_jax.forward(cfg, params, ids))
+  assert np.abs(ours).max() > 0.1
+  np.testing.assert_allclose(ours, _hf_logits(reloaded, ids), atol=TOL, rtol=0)
+  again, _ = llama4_jax.load_hf(path)
+  if rope["rope_type"] != "ntk":  # ntk comes back as the plain rope with its base
+    assert again.rope_scaling == cfg.rope_scaling and again.no_rope_layer_interval == cfg.no_rope_layer_interval
+
+
+def test_yarn_attention_factor_is_normalised_away_by_qk_norm():
+  """On Llama 4's RoPE layers the weightless qk-norm follows the rotation, so YaRN's cos/sin factor cannot change
+  the logits; without qk-norm it does (both as in transformers, which the cases above compare against)."""
+  import jax
+  from llama4_jax.config import RopeScaling
+  from tests.conftest import tiny_config
+  ids = _tokens(97, 21)
+  outs = {}
+  for qk_norm in (True, False):
+    for factor in (1.0, 1.5):
+      cfg = tiny_config(head_dim=16, use_qk_norm=qk_norm, rope_scaling=RopeScaling(
+          "yarn", 4.0, original_max_position_embeddings=16, attention_factor=factor))
+      params = llama4_jax.init_params(cfg, jax.random.key(5))
+      outs[qk_norm, factor] = np.asarray(llama4_jax.forward(cfg, params, ids))
+  # equal up to the norm's eps (1e-5 against the small mean square of this tiny model's q and k)
+  np.testing.assert_allclose(outs[True, 1.0], outs[True, 1.5], atol=1e-4)
+  assert np.abs(outs[False, 1.0] - outs[False, 1.5]).max() > 1e-2

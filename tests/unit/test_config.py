@@ -29,7 +29,14 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
     (dict(remat_policy="everything"), "remat_policy"),
     (dict(moe_impl="megablox"), "kernels.moe"),
     (dict(attention_impl="flash"), "kernels.attention"),
-    (dict(rope_scaling=RopeScaling("yarn", 16.0, 1.0, 1.0, 64)), "rope_scaling.rope_type"),
+    (dict(rope_scaling=RopeScaling("longrope", 16.0, 1.0, 1.0, 64)), "rope_scaling.rope_type"),
+    (dict(rope_scaling=RopeScaling("linear", 0.5)), "rope_scaling.factor"),
+    (dict(rope_scaling=RopeScaling("dynamic", 2.0, original_max_position_embeddings=0)),
+     "rope_scaling.original_max_position_embeddings"),
+    (dict(rope_scaling=RopeScaling("yarn", 4.0, beta_fast=1.0, beta_slow=2.0)), "rope_scaling.beta_fast"),
+    (dict(rope_scaling=RopeScaling("yarn", 4.0, attention_factor=0.0)), "rope_scaling.attention_factor"),
+    (dict(head_dim=2, rope_scaling=RopeScaling("ntk", 4.0)), "rope_type='ntk' needs head_dim > 2"),
+    (dict(no_rope_layer_interval=-1), "no_rope_layer_interval"),
     (dict(rope_scaling=RopeScaling("llama3", 0.5, 1.0, 1.0, 64)), "rope_scaling.factor"),
     (dict(rope_scaling=RopeScaling("llama3", 16.0, 4.0, 1.0, 64)), "high_freq_factor"),
     (dict(rope_scaling=RopeScaling("llama3", 16.0, 0.0, 1.0, 64)), "low_freq_factor"),
@@ -38,6 +45,14 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 def test_invalid_config_names_the_field(overrides, field):
   with pytest.raises(ConfigError, match=re.escape(field)):
     tiny_config(**overrides)
+
+
+def test_layer_patterns_all_rope_and_all_nope():
+  all_rope = tiny_config(no_rope_layer_interval=0)
+  all_nope = tiny_config(no_rope_layer_interval=1)
+  assert [all_rope.is_rope_layer(i) for i in range(4)] == [True] * 4 and all_rope.block_size == 2
+  assert [all_nope.is_rope_layer(i) for i in range(4)] == [False] * 4 and all_nope.block_size == 2
+  assert [tiny_config().is_rope_layer(i) for i in range(4)] == [True, True, True, False]
 
 
 def test_layer_count_must_be_a_multiple_of_the_lcm_not_of_either_period():

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from llama4_jax.config import RopeScaling
-from llama4_jax.model.rope import apply_rope, inverse_frequencies, rope_cos_sin
+from llama4_jax.model.rope import (apply_rope, attention_factor, dynamic_inverse_frequencies, inverse_frequencies,
+                                   rope_cos_sin, rope_tables)
 
 
 def _reference_inv_freq(head_dim, theta, scaling=None):
@@ -127,3 +128,84 @@ def test_rope_dot_product_depends_only_on_relative_position():
   np.testing.assert_allclose(same_offset, same_offset[0], rtol=1e-4, atol=1e-4)
   assert abs(score(7, 3) - score(7, 4)) > 1e-3  # a different offset does change it
   np.testing.assert_allclose(score(9, 9), float(np.sum(q * key)), rtol=1e-5, atol=1e-5)
+
+
+# ---- context-extension methods (issue 11), each against its formula in float64 ----------------------------------
+
+def _plain64(head_dim, base):
+  return np.array([base ** (-2.0 * j / head_dim) for j in range(head_dim // 2)], np.float64)
+
+
+@pytest.mark.parametrize("head_dim, theta, factor", [(8, 10000.0, 4.0), (64, 500000.0, 8.0), (16, 10000.0, 1.5)])
+def test_linear_interpolation_divides_every_frequency(head_dim, theta, factor):
+  inv_freq = inverse_frequencies(head_dim, theta, RopeScaling("linear", factor))
+  np.testing.assert_allclose(inv_freq, _plain64(head_dim, theta) / factor, rtol=1e-5, atol=0)
+  # positions m at frequency theta/s are the unscaled angles of positions m/s
+  cos, _ = rope_cos_sin(jnp.asarray([[int(8 * factor)]]), inv_freq)
+  np.testing.assert_allclose(np.asarray(cos)[0, 0], np.cos(8 * _plain64(head_dim, theta)), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("head_dim, theta, factor", [(8, 10000.0, 4.0), (128, 500000.0, 16.0)])
+def test_static_ntk_raises_the_base(head_dim, theta, factor):
+  inv_freq = inverse_frequencies(head_dim, theta, RopeScaling("ntk", factor))
+  new_base = theta * factor ** (head_dim / (head_dim - 2))
+  np.testing.assert_allclose(inv_freq, _plain64(head_dim, new_base), rtol=1e-5, atol=0)
+  assert inv_freq[0] == pytest.approx(1.0) and inv_freq[-1] < inverse_frequencies(head_dim, theta)[-1] / factor * 1.01
+
+
+@pytest.mark.parametrize("length", [1, 16, 17, 40, 1000])
+def test_dynamic_ntk_base_follows_the_current_length(length):
+  head_dim, theta, factor, original = 16, 10000.0, 4.0, 16
+  rs = RopeScaling("dynamic", factor, original_max_position_embeddings=original)
+  got = np.asarray(dynamic_inverse_frequencies(head_dim, theta, rs, length))
+  n = max(length, original)
+  base = theta * (factor * n / original - (factor - 1)) ** (head_dim / (head_dim - 2))
+  np.testing.assert_allclose(got, _plain64(head_dim, base), rtol=2e-5, atol=0)
+  if length <= original:  # rows up to the original length are untouched
+    np.testing.assert_allclose(got, inverse_frequencies(head_dim, theta), rtol=1e-6)
+  # in the model the length is the largest position in the call + 1
+  positions = jnp.arange(length)[None]
+  cos, sin = rope_tables(positions, head_dim, theta, rs)
+  ref_cos, ref_sin = rope_cos_sin(positions, got)
+  np.testing.assert_allclose(np.asarray(cos), np.asarray(ref_cos), atol=1e-6)
+  np.testing.assert_allclose(np.asarray(sin), np.asarray(ref_sin), atol=1e-6)
+
+
+def _yarn64(head_dim, theta, factor, original, beta_fast=32.0, beta_slow=1.0):
+  """YaRN in float64 from the definition: the dimension d(r) whose wavelength fits r times into the original length
+  solves original / (2 pi theta^(2d/D)) = r; between d(beta_fast) (rounded down) and d(beta_slow) (rounded up) the
+  share of the interpolated frequency rises linearly with the dimension index."""
+  d_of = lambda r: head_dim * math.log(original / (2 * math.pi * r)) / (2 * math.log(theta))  # noqa: E731
+  lo, hi = max(math.floor(d_of(beta_fast)), 0), min(math.ceil(d_of(beta_slow)), head_dim - 1)
+  out = []
+  for j, f in enumerate(_plain64(head_dim, theta)):
+    interp = min(max((j - lo) / ((hi - lo) or 0.001), 0.0), 1.0)
+    out.append(f / factor * interp + f * (1 - interp))
+  return np.array(out)
+
+
+@pytest.mark.parametrize("head_dim, theta, factor, original", [(16, 10000.0, 4.0, 1024), (128, 500000.0, 8.0, 8192),
+                                                               (64, 10000.0, 16.0, 2048)])
+def test_yarn_frequencies_and_attention_factor(head_dim, theta, factor, original):
+  rs = RopeScaling("yarn", factor, original_max_position_embeddings=original)
+  inv_freq = inverse_frequencies(head_dim, theta, rs)
+  np.testing.assert_allclose(inv_freq, _yarn64(head_dim, theta, factor, original), rtol=1e-5, atol=0)
+  plain = _plain64(head_dim, theta)
+  turns = original * plain / (2 * math.pi)  # rotations of each pair over the original length
+  fast, slow = turns > 32 * 1.5, turns < 1 / 1.5  # well past the ramp's ends
+  assert fast.any() and slow.any()
+  np.testing.assert_allclose(inv_freq[fast], plain[fast], rtol=1e-5)  # many turns: kept (extrapolated)
+  np.testing.assert_allclose(inv_freq[slow], plain[slow] / factor, rtol=1e-5)  # under one turn: interpolated
+  assert attention_factor(rs) == pytest.approx(0.1 * math.log(factor) + 1)
+  assert attention_factor(RopeScaling("yarn", factor, attention_factor=1.25)) == 1.25
+  assert attention_factor(RopeScaling("linear", factor)) == 1.0 and attention_factor(None) == 1.0
+  cos, sin = rope_tables(jnp.arange(5)[None], head_dim, theta, rs)
+  np.testing.assert_allclose(np.asarray(cos) ** 2 + np.asarray(sin) ** 2, attention_factor(rs) ** 2, rtol=1e-5)
+
+
+def test_every_kind_is_the_plain_rope_at_factor_one():
+  plain = inverse_frequencies(16, 10000.0)
+  for kind in ("linear", "ntk", "yarn", "llama3"):
+    got = inverse_frequencies(16, 10000.0, RopeScaling(kind, 1.0, original_max_position_embeddings=64))
+    np.testing.assert_allclose(got, plain, rtol=1e-6, err_msg=kind)
+  assert attention_factor(RopeScaling("yarn", 1.0)) == 1.0
