@@ -1,0 +1,1 @@
+"""Evaluation commands: length generalization (`length`)."""
