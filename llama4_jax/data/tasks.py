@@ -5,7 +5,10 @@ examples through `task_texts`. Registered here:
   * `llama4_jax.python_docs`: the embedded corpus (Python 3.11 documentation, see data/assets/README.md), with a
     deterministic held-out 'validation' split of every `HELD_OUT_EVERY`-th document,
   * `llama4_jax.tfds.<name>`: any TFDS text dataset prepared under a local `data_dir` (`register_tfds`),
-  * `llama4_jax.python_docs_mix`: a Mixture over the embedded task (a template for weighted mixtures).
+  * `llama4_jax.python_docs_mix`: a Mixture over the embedded task (a template for weighted mixtures),
+  * `llama4_jax.python_docs_passkey`: the embedded corpus's train split with one synthetic pass-key document
+    (data/passkey.py) after every `PASSKEY_EVERY`-th document; its validation split is the corpus's own held-out
+    text, so losses stay comparable with `llama4_jax.python_docs` (the length-generalization studies train on it).
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ import os
 
 EMBEDDED_TASK = "llama4_jax.python_docs"
 EMBEDDED_MIXTURE = "llama4_jax.python_docs_mix"
+PASSKEY_TASK = "llama4_jax.python_docs_passkey"
+PASSKEY_EVERY = 10
 HELD_OUT_EVERY = 50
 SPLITS = ("train", "validation")
 
@@ -34,14 +39,38 @@ def _text_features():
                                 rank=0)}
 
 
+def _embedded_texts(split: str) -> list[str]:
+  from llama4_jax.data.corpus import load_corpus
+  docs = load_corpus()
+  if split == "validation":
+    return [d["text"] for d in docs if d["id"] % HELD_OUT_EVERY == 0]
+  return [d["text"] for d in docs if d["id"] % HELD_OUT_EVERY != 0]
+
+
 def _embedded_split(split: str, shuffle_files: bool = False, seed=None):
   del shuffle_files, seed
-  from llama4_jax.data.corpus import load_corpus
   _, tf = _seqio()
-  docs = load_corpus()
-  held_out = [d["text"] for d in docs if d["id"] % HELD_OUT_EVERY == 0]
-  train = [d["text"] for d in docs if d["id"] % HELD_OUT_EVERY != 0]
-  texts = {"train": train, "validation": held_out}[split]
+  return tf.data.Dataset.from_tensor_slices({"text": tf.constant(_embedded_texts(split), tf.string)})
+
+
+def passkey_interleaved(texts: list[str], every: int = PASSKEY_EVERY, seed: int = 0) -> list[str]:
+  """`texts` with a pass-key document after every `every`-th one (deterministic)."""
+  from llama4_jax.data import passkey
+  keys = iter(passkey.documents(len(texts) // every + 1, seed))
+  out = []
+  for i, text in enumerate(texts, 1):
+    out.append(text)
+    if i % every == 0:
+      out.append(next(keys))
+  return out
+
+
+def _passkey_split(split: str, shuffle_files: bool = False, seed=None):
+  del shuffle_files, seed
+  _, tf = _seqio()
+  texts = _embedded_texts(split)
+  if split == "train":
+    texts = passkey_interleaved(texts)
   return tf.data.Dataset.from_tensor_slices({"text": tf.constant(texts, tf.string)})
 
 
@@ -49,6 +78,9 @@ def register_embedded() -> str:
   seqio, _ = _seqio()
   if EMBEDDED_TASK not in seqio.TaskRegistry.names():
     seqio.TaskRegistry.add(EMBEDDED_TASK, source=seqio.FunctionDataSource(_embedded_split, splits=SPLITS),
+                           preprocessors=[], output_features=_text_features())
+  if PASSKEY_TASK not in seqio.TaskRegistry.names():
+    seqio.TaskRegistry.add(PASSKEY_TASK, source=seqio.FunctionDataSource(_passkey_split, splits=SPLITS),
                            preprocessors=[], output_features=_text_features())
   if EMBEDDED_MIXTURE not in seqio.MixtureRegistry.names():
     seqio.MixtureRegistry.add(EMBEDDED_MIXTURE, [(EMBEDDED_TASK, 1.0)])

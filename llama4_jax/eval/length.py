@@ -35,9 +35,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from llama4_jax.config import ModelConfig, RopeScaling
+from llama4_jax.data import passkey
 
-FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. "
-PASSKEY_QUESTION = " What is the pass key? The pass key is"
+FILLER = passkey.FILLER
+PASSKEY_QUESTION = passkey.QUESTION
 NEEDLE_WORDS = ("apple", "river", "candle", "mountain", "violin", "pepper", "garden", "window", "tiger", "marble",
                 "rocket", "meadow", "lantern", "harbor", "pencil", "thunder")
 
@@ -148,8 +149,8 @@ def passkey_probe(tokenizer, length: int, depth: float, rng: np.random.RandomSta
   if not 0.0 <= depth <= 1.0:
     raise ValueError(f"passkey depth {depth} is not in [0, 1]")
   key = str(rng.randint(10000, 100000))
-  fact = tokenizer.encode(f" The pass key is {key}. Remember it. {key} is the pass key. ")
-  tokens, (start,) = _embed_facts(tokenizer, length, [(depth, fact)], tokenizer.encode(PASSKEY_QUESTION))
+  tokens, (start,) = _embed_facts(tokenizer, length, [(depth, tokenizer.encode(passkey.fact(key)))],
+                                  tokenizer.encode(PASSKEY_QUESTION))
   return Probe(tuple(tokens), key, start)
 
 

@@ -16,6 +16,19 @@ def test_embedded_task_splits_are_disjoint_and_deterministic():
   assert len(mixed) == 5 and set(mixed) <= set(held_out)
 
 
+def test_passkey_task_adds_pass_key_documents_to_train_only():
+  train = tasks.task_texts(tasks.EMBEDDED_TASK, "train")
+  with_keys = tasks.task_texts(tasks.PASSKEY_TASK, "train")
+  assert len(with_keys) == len(train) + len(train) // tasks.PASSKEY_EVERY
+  extra = [t for t in with_keys if t.startswith("The grass") or t.startswith("The pass key")]
+  assert len(extra) == len(train) // tasks.PASSKEY_EVERY
+  assert with_keys[tasks.PASSKEY_EVERY] in extra and [t for t in with_keys if t not in extra] == train
+  key = extra[0].rsplit(" ", 1)[1].rstrip(".")
+  assert key.isdigit() and len(key) == 5 and extra[0].count(key) == 3  # stated twice, answered once
+  assert tasks.task_texts(tasks.PASSKEY_TASK, "validation") == tasks.task_texts(tasks.EMBEDDED_TASK, "validation")
+  assert with_keys == tasks.task_texts(tasks.PASSKEY_TASK, "train")  # deterministic
+
+
 def test_unknown_task_and_split_are_named():
   with pytest.raises(ValueError, match="no_such_task"):
     tasks.task_texts("no_such_task", "train")
