@@ -7,9 +7,12 @@ import ml_collections
 
 
 def _llama3_scaling(enabled: bool, factor=16.0, low=1.0, high=1.0, original=8192):
+  """Every RopeScaling field (llama4_jax/config.py), so a stage or a study can switch the kind (`linear`, `ntk`,
+  `dynamic`, `yarn`) by overriding `model.rope_scaling.*`."""
   return ml_collections.ConfigDict(dict(rope_type="llama3" if enabled else "default", factor=factor,
                                         low_freq_factor=low, high_freq_factor=high,
-                                        original_max_position_embeddings=original))
+                                        original_max_position_embeddings=original, beta_fast=32.0, beta_slow=1.0,
+                                        attention_factor=None, truncate=True))
 
 
 def _vision(enabled: bool):
