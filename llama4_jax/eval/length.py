@@ -46,8 +46,10 @@ NEEDLE_WORDS = ("apple", "river", "candle", "mountain", "violin", "pepper", "gar
 # ---- per-position loss -------------------------------------------------------------------------------------------
 
 @functools.lru_cache(maxsize=8)
-def _piece_fn(cfg: ModelConfig):
-  from llama4_jax.model import decode_block
+def _piece_fns(cfg: ModelConfig) -> dict:
+  """Jitted (per config, compiled once): one piece's per-token NLL through the cache, and the weight / cache
+  unstacking the decoder reads."""
+  from llama4_jax.model import decode_block, unstack_cache, unstack_params
 
   def piece(params, tokens_BT, targets_BT, cache):
     logits_BTV, cache = decode_block(cfg, params, tokens_BT, cache, unstacked=True)
@@ -55,14 +57,16 @@ def _piece_fn(cfg: ModelConfig):
     picked = jnp.take_along_axis(logits_BTV, targets_BT[..., None], axis=-1)[..., 0]
     return jax.nn.logsumexp(logits_BTV, axis=-1) - picked, cache
 
-  return jax.jit(piece, donate_argnums=3)
+  return {"piece": jax.jit(piece, donate_argnums=3),
+          "unstack_params": jax.jit(functools.partial(unstack_params, cfg)),
+          "unstack_cache": jax.jit(functools.partial(unstack_cache, cfg))}
 
 
 def piece_nll(cfg: ModelConfig, params, tokens_BL, piece: int | None = None) -> np.ndarray:
   """Next-token negative log-likelihood at every position but the last, [B, L-1] float32, computed by feeding the
   rows through the KV cache in pieces of `piece` tokens (default: the attention chunk, or 512 without one)."""
   from llama4_jax.generate import piece_size
-  from llama4_jax.model import init_cache, unstack_cache, unstack_params
+  from llama4_jax.model import init_cache
   from llama4_jax.model.multipliers import fold_forward_multipliers
   tokens_BL = np.asarray(tokens_BL, np.int32)
   if tokens_BL.ndim != 2 or tokens_BL.shape[1] < 2:
@@ -73,12 +77,12 @@ def piece_nll(cfg: ModelConfig, params, tokens_BL, piece: int | None = None) -> 
   padded = int(math.ceil(length / piece) * piece)
   tokens = np.zeros((b, padded + 1), np.int32)
   tokens[:, :length] = tokens_BL
-  fn = _piece_fn(cfg)
-  params = jax.jit(functools.partial(unstack_params, cfg))(params)
-  cache = jax.jit(functools.partial(unstack_cache, cfg))(init_cache(cfg, b, padded))
+  fns = _piece_fns(cfg)
+  params = fns["unstack_params"](params)
+  cache = fns["unstack_cache"](init_cache(cfg, b, padded))
   out = []
   for s in range(0, padded, piece):
-    nll, cache = fn(params, jnp.asarray(tokens[:, s:s + piece]), jnp.asarray(tokens[:, s + 1:s + piece + 1]), cache)
+    nll, cache = fns["piece"](params, jnp.asarray(tokens[:, s:s + piece]), jnp.asarray(tokens[:, s + 1:s + piece + 1]), cache)
     out.append(np.asarray(nll))
   return np.concatenate(out, axis=1)[:, :length - 1]
 
