@@ -11,11 +11,8 @@ step took 1.15-1.39 s with the default allocator against 0.96-1.07 s with the se
 to `trim_threshold_bytes` of freed memory instead of returning it, and to use one arena (per-thread arenas are small
 mmapped heaps that cannot hold these blocks). Memory is then reused from step to step; the process's resident size
 stays near its peak instead of falling between steps. It must run before JAX starts its CPU backend (the first
-array or `jax.devices()`): the entry points and benchmarks call it first thing.
+array or `jax.devices()`): the entry points and benchmarks call it first thing, and `tests/conftest.py` too.
 Set LLAMA4_JAX_HOST_MALLOC=system to keep the C library's defaults. Other C libraries (macOS, musl) are left alone.
-The test suite sets `system` (tests/conftest.py): a single process that compiles thousands of XLA programs over half
-an hour crashed inside the XLA:CPU compiler under these settings (three runs of three); training runs compile a
-handful of programs and ran clean for hours with them, but a process that recompiles without end should opt out.
 """
 
 from __future__ import annotations
