@@ -1,0 +1,77 @@
+"""Markdown tables of finished sweeps of this experiment (what NOTES.md quotes).
+
+    python experiments/2026_11_28_metap_transfer/summarize.py runs/metap_width_metap runs/metap_width_standard \
+        [--group=model.hidden_size]
+
+Per sweep directory (its sweep.csv, or its runs' sweep_result.json files while the sweep is still going): the best
+log2 learning rate per group value on the grid and fitted between grid points (llama4_jax.sweep.fitted_optimum), for
+the final train loss and for the held-out eval loss; the shift of the fitted optimum from the smallest to the largest
+group value in octaves; and the wider-is-better check (llama4_jax.sweep.wider_is_better) at each learning rate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import math
+import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
+
+from llama4_jax import sweep  # noqa: E402
+
+
+def load_rows(workdir: str) -> list[dict]:
+  rows = []
+  for path in sorted(glob.glob(os.path.join(workdir, "*", sweep.RESULT))):
+    with open(path) as f:
+      rows.append({**json.load(f), "status": "done"})
+  return rows
+
+
+def table(workdir: str, group: str, x: str = "optim.learning_rate") -> str:
+  rows = load_rows(workdir)
+  lines = [f"**{os.path.basename(os.path.normpath(workdir))}** ({len(rows)} runs)", "",
+           f"| {group.split('.')[-1]} | best log2 LR, train (grid / fit) | final train loss | "
+           "best log2 LR, eval (grid / fit) | eval loss |", "|---|---|---|---|---|"]
+  reports = {}
+  for metric in ("final_train_loss", "final_eval_loss"):
+    reports[metric] = sweep.transfer_report(rows, x, group, metric)
+  tr, ev = reports["final_train_loss"]["optimum"], reports["final_eval_loss"]["optimum"]
+  for g in tr:
+    def cell(o):
+      return f"{o['grid']:g} / {o['fit']:.2f}{' (edge)' if o['edge'] else ''}"
+    lines.append(f"| {g} | {cell(tr[g])} | {tr[g]['loss']:.4f} | {cell(ev[g])} | {ev[g]['loss']:.4f} |")
+  lines.append("")
+  for metric, rep in reports.items():
+    lines.append(f"{metric}: fitted optimum shift smallest -> largest {rep['shift']:+.2f} octaves, spread "
+                 f"{rep['spread']:.2f}{' (an optimum on the grid edge)' if rep['any_edge'] else ''}")
+  lines.append("")
+  wider = sweep.wider_is_better(workdir, rows, x, group)
+  groups = list(tr)
+  pairs = list(zip(groups[:-1], groups[1:]))
+  lines += [f"Wider lower train loss, logged steps out of each run's {next(iter(wider.values()))['steps']} "
+            "(all widths in order / per adjacent pair):" if wider else "", ""]
+  lines += ["| LR | all in order | " + " | ".join(f"{a} -> {b}" for a, b in pairs) + " |",
+            "|---|---|" + "---|" * len(pairs)]
+  for xv, res in sorted(wider.items()):
+    n_bad = len({v[0] for v in res["violations"]})
+    per_pair = [res["steps"] - sum(1 for v in res["violations"] if (v[1], v[2]) == p) for p in pairs]
+    lines.append(f"| 2^{math.log2(xv):g} | {res['steps'] - n_bad} | " + " | ".join(map(str, per_pair)) + " |")
+  return "\n".join(lines)
+
+
+def main():
+  parser = argparse.ArgumentParser()
+  parser.add_argument("workdirs", nargs="+")
+  parser.add_argument("--group", default="model.hidden_size")
+  args = parser.parse_args()
+  for w in args.workdirs:
+    print(table(w, args.group))
+    print()
+
+
+if __name__ == "__main__":
+  main()
