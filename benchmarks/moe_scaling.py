@@ -6,7 +6,8 @@ One routed-expert layer of the tiny preset's width (D=256, expert width F=512, t
 uses stay fixed while the total grows with E), for each of `--tokens` token counts, forward + backward
 (`jax.value_and_grad` of a scalar of the output with respect to the input and all expert weights) with each
 `kernels.moe` path in `--impls`. Router logits are random, so the load is roughly balanced. Per (tokens, impl, E):
-the median of `--repeats` jitted calls after a warm-up; ratios are to the smallest E of the same impl and tokens.
+the median of `--repeats` jitted calls, timed in rounds over all E (alternating in order, after an untimed round);
+ratios are to the smallest E of the same impl and tokens.
 
 Beside each time it prints what the layer cannot avoid: the routed matmuls' FLOPs (fixed in E) and the expert
 weights' bytes (growing with E: every expert's weights are read by the forward and by the input gradient, and its
@@ -67,7 +68,8 @@ def layer_costs(t: int, e: int) -> tuple[float, float]:
   return 3 * per_token * t * k, 4 * e * (d * 2 * f + f * d)
 
 
-def time_layer(impl: str, e: int, t: int) -> float:
+def build_layer(impl: str, e: int, t: int):
+  """(jitted forward + backward, its arguments), compiled and run once."""
   d, f, k = HIDDEN.value, WIDTH.value, TOP_K.value
   keys = jax.random.split(jax.random.key(e), 4)
   x = jax.random.normal(keys[0], (t, d), jnp.float32)
@@ -81,13 +83,24 @@ def time_layer(impl: str, e: int, t: int) -> float:
     return jnp.sum(y * y)
 
   fn = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))
-  jax.block_until_ready(fn(x, gate_up, down))
-  times = []
-  for _ in range(REPEATS.value):
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn(x, gate_up, down))
-    times.append(time.perf_counter() - t0)
-  return statistics.median(times)
+  args = (x, gate_up, down)
+  jax.block_until_ready(fn(*args))
+  return fn, args
+
+
+def time_layers(impl: str, experts, t: int) -> dict:
+  """Median seconds per expert count, timed in rounds that visit every expert count once (after one untimed
+  round), so that a slow spell of the machine or the process's warm-up falls on all of them alike."""
+  layers = {e: build_layer(impl, e, t) for e in experts}
+  times = {e: [] for e in experts}
+  for r in range(REPEATS.value + 1):
+    for e in (experts if r % 2 else experts[::-1]):
+      fn, args = layers[e]
+      t0 = time.perf_counter()
+      jax.block_until_ready(fn(*args))
+      if r:
+        times[e].append(time.perf_counter() - t0)
+  return {e: statistics.median(ts) for e, ts in times.items()}
 
 
 def main(argv):
@@ -100,7 +113,7 @@ def main(argv):
   for t in tokens:
     out[str(t)] = {}
     for impl in IMPLS.value:
-      rows = {e: time_layer(impl, e, t) for e in experts}
+      rows = time_layers(impl, experts, t)
       model = {}
       for e in experts:
         flop, nbytes = layer_costs(t, e)
