@@ -69,6 +69,15 @@ def _rope(hf: dict) -> tuple[float, RopeScaling | None]:
   return float(theta), rs
 
 
+def _max_positions(hf: dict, scaling) -> int:
+  """The longest context the imported model serves. transformers' dynamic NTK reads config.max_position_embeddings
+  as the original length it grows from (not as a limit), so that model serves `factor` times it."""
+  max_pos = int(hf.get("max_position_embeddings", 131072))
+  if scaling is not None and scaling.rope_type == "dynamic":
+    return int(round(scaling.original_max_position_embeddings * scaling.factor))
+  return max_pos
+
+
 def _rope_to_hf(cfg: ModelConfig) -> tuple[dict, int]:
   """(rope_parameters, max_position_embeddings) for transformers."""
   rs, max_pos = cfg.rope_scaling, cfg.max_position_embeddings
@@ -172,7 +181,7 @@ def config_from_hf(hf: dict, **overrides: Any) -> ModelConfig:
       attn_temperature_tuning=bool(hf.get("attn_temperature_tuning", True)),
       floor_scale=hf.get("floor_scale", 8192), attn_scale=float(hf.get("attn_scale", 0.1)),
       rope_theta=theta, rope_scaling=scaling, rms_norm_eps=float(hf.get("rms_norm_eps", 1e-5)),
-      max_position_embeddings=int(hf.get("max_position_embeddings", 131072)),
+      max_position_embeddings=_max_positions(hf, scaling),
       initializer_range=float(hf.get("initializer_range", 0.02)),
       bos_token_id=hf.get("bos_token_id"), eos_token_id=eos[0] if isinstance(eos, list) and eos else eos,
       pad_token_id=hf.get("pad_token_id"))

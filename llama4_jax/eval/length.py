@@ -95,20 +95,30 @@ def binned(values_BL: np.ndarray, bins: int) -> list[dict]:
           for a, b in zip(edges[:-1], edges[1:])]
 
 
-def held_out_rows(tokenizer, length: int, rows: int, offset: int = 0) -> np.ndarray:
-  """`rows` rows of `length` tokens from the held-out documents of the embedded corpus, joined into one stream
-  (each document opens with <|begin_of_text|>); row r starts `offset + r * length` tokens into the stream. Raises
-  if the held-out text is too short."""
+def held_out_stream(tokenizer, need: int) -> np.ndarray:
+  """The first `need` tokens of the embedded corpus's held-out documents joined into one stream (each document
+  opens with <|begin_of_text|>). Raises if the held-out text is shorter."""
   from llama4_jax.data import tasks
   stream: list[int] = []
-  need = offset + rows * length
   for text in tasks.task_texts(tasks.EMBEDDED_TASK, "validation"):
     stream += tokenizer.encode(text, bos=True)
     if len(stream) >= need:
       break
   if len(stream) < need:
-    raise ValueError(f"the held-out text has {len(stream)} tokens; {rows} rows of {length} need {need}")
-  return np.asarray(stream[offset:need], np.int32).reshape(rows, length)
+    raise ValueError(f"the held-out text has {len(stream)} tokens; {need} are needed")
+  return np.asarray(stream[:need], np.int32)
+
+
+def held_out_rows(tokenizer, length: int, rows: int, offset: int = 0, stream: np.ndarray | None = None
+                  ) -> np.ndarray:
+  """`rows` rows of `length` tokens of the held-out stream; row r starts `offset + r * length` tokens into it.
+  `stream`: a `held_out_stream` already read (else read here). Raises if the held-out text is too short."""
+  need = offset + rows * length
+  if stream is None:
+    stream = held_out_stream(tokenizer, need)
+  if len(stream) < need:
+    raise ValueError(f"the held-out stream has {len(stream)} tokens; {rows} rows of {length} need {need}")
+  return stream[offset:need].reshape(rows, length)
 
 
 # ---- passkey and multi-key needles ------------------------------------------------------------------------------
@@ -232,8 +242,9 @@ def evaluate(cfg, params, tokenizer, lengths: Sequence[int], rows: int, bins: in
              trials: int, needle_keys: int, needle_trials: int, seed: int = 0, progress=print) -> dict:
   """Every probe at every length; the JSON-ready result."""
   out = {"lengths": list(lengths), "loss": {}, "passkey": {}, "needle": {}}
+  stream = held_out_stream(tokenizer, max(lengths) * rows)  # read once; every length cuts its rows from it
   for length in lengths:
-    nll = piece_nll(cfg, params, held_out_rows(tokenizer, length, rows))
+    nll = piece_nll(cfg, params, held_out_rows(tokenizer, length, rows, stream=stream))
     out["loss"][str(length)] = {"mean": float(nll.mean()), "ppl": float(np.exp(nll.mean())),
                                 "bins": binned(nll, bins)}
     rng = np.random.RandomState(seed + length)

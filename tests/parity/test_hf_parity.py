@@ -184,6 +184,9 @@ def test_rope_extensions_and_layer_patterns_export_to_transformers(tmp_path, rop
   again, _ = llama4_jax.load_hf(path)
   if rope["rope_type"] != "ntk":  # ntk comes back as the plain rope with its base
     assert again.rope_scaling == cfg.rope_scaling and again.no_rope_layer_interval == cfg.no_rope_layer_interval
+  if rope["rope_type"] == "dynamic":  # config.json carries the original length; the model serves factor x it
+    assert json.load(open(os.path.join(path, "config.json")))["max_position_embeddings"] == 12
+    assert again.max_position_embeddings == 48
 
 
 def test_yarn_attention_factor_is_normalised_away_by_qk_norm():

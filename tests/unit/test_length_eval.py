@@ -71,6 +71,26 @@ def test_held_out_rows_come_from_the_held_out_documents(tok):
   np.testing.assert_array_equal(rows, again)  # deterministic
   with pytest.raises(ValueError, match="held-out text has"):
     L.held_out_rows(tok, 10 ** 7, 1)
+  stream = L.held_out_stream(tok, 600)  # read once, cut per length: the same rows
+  np.testing.assert_array_equal(L.held_out_rows(tok, 300, 2, stream=stream), rows)
+  np.testing.assert_array_equal(L.held_out_rows(tok, 150, 3, offset=100, stream=stream),
+                                L.held_out_rows(tok, 150, 3, offset=100))
+  with pytest.raises(ValueError, match="held-out stream has 600 tokens"):
+    L.held_out_rows(tok, 301, 2, stream=stream)
+
+
+def test_evaluate_reads_the_held_out_text_once(tok, monkeypatch):
+  from llama4_jax.data import tasks
+  reads = []
+  real = tasks.task_texts
+  monkeypatch.setattr(tasks, "task_texts", lambda *a, **k: reads.append(a) or real(*a, **k))
+  cfg = tiny_config(vocab_size=tok.vocab_size, max_position_embeddings=256)
+  params = llama4_jax.init_params(cfg, jax.random.key(2))
+  out = L.evaluate(cfg, params, tok, [64, 96, 128], rows=1, bins=2, depths=[], trials=0, needle_keys=2,
+                   needle_trials=0, progress=lambda _: None)
+  assert len(reads) == 1 and sorted(out["loss"]) == ["128", "64", "96"]
+  direct = L.piece_nll(cfg, params, L.held_out_rows(tok, 96, 1))
+  assert out["loss"]["96"]["mean"] == pytest.approx(float(direct.mean()), abs=1e-6)
 
 
 @pytest.mark.parametrize("depth", [0.0, 0.5, 1.0])
