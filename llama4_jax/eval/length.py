@@ -95,18 +95,18 @@ def binned(values_BL: np.ndarray, bins: int) -> list[dict]:
           for a, b in zip(edges[:-1], edges[1:])]
 
 
-def held_out_stream(tokenizer, need: int) -> np.ndarray:
-  """The first `need` tokens of the embedded corpus's held-out documents joined into one stream (each document
-  opens with <|begin_of_text|>). Raises if the held-out text is shorter."""
+def held_out_stream(tokenizer, need: int | None = None) -> np.ndarray:
+  """The embedded corpus's held-out documents joined into one token stream (each document opens with
+  <|begin_of_text|>): all of it, or its first `need` tokens. Raises if the held-out text is shorter than `need`."""
   from llama4_jax.data import tasks
   stream: list[int] = []
   for text in tasks.task_texts(tasks.EMBEDDED_TASK, "validation"):
     stream += tokenizer.encode(text, bos=True)
-    if len(stream) >= need:
+    if need is not None and len(stream) >= need:
       break
-  if len(stream) < need:
+  if need is not None and len(stream) < need:
     raise ValueError(f"the held-out text has {len(stream)} tokens; {need} are needed")
-  return np.asarray(stream[:need], np.int32)
+  return np.asarray(stream if need is None else stream[:need], np.int32)
 
 
 def held_out_rows(tokenizer, length: int, rows: int, offset: int = 0, stream: np.ndarray | None = None
@@ -242,10 +242,13 @@ def evaluate(cfg, params, tokenizer, lengths: Sequence[int], rows: int, bins: in
              trials: int, needle_keys: int, needle_trials: int, seed: int = 0, progress=print) -> dict:
   """Every probe at every length; the JSON-ready result."""
   out = {"lengths": list(lengths), "loss": {}, "passkey": {}, "needle": {}}
-  stream = held_out_stream(tokenizer, max(lengths) * rows)  # read once; every length cuts its rows from it
+  stream = held_out_stream(tokenizer)  # read once; every length cuts its rows from it
+  if len(stream) < max(lengths):
+    raise ValueError(f"the held-out text has {len(stream)} tokens, fewer than the length {max(lengths)}")
   for length in lengths:
-    nll = piece_nll(cfg, params, held_out_rows(tokenizer, length, rows, stream=stream))
-    out["loss"][str(length)] = {"mean": float(nll.mean()), "ppl": float(np.exp(nll.mean())),
+    n = min(rows, len(stream) // length)  # as many rows as the held-out text holds, up to `rows`
+    nll = piece_nll(cfg, params, held_out_rows(tokenizer, length, n, stream=stream))
+    out["loss"][str(length)] = {"mean": float(nll.mean()), "ppl": float(np.exp(nll.mean())), "rows": n,
                                 "bins": binned(nll, bins)}
     rng = np.random.RandomState(seed + length)
     if trials:
@@ -343,7 +346,8 @@ if __name__ == "__main__":
   flags.DEFINE_string("checkpoint", None, "training workdir or Hugging Face directory")
   flags.DEFINE_string("stage", None, "workdir stage to load (default: the last)")
   flags.DEFINE_list("lengths", "256,512,1024,2048,4096", "evaluation lengths in tokens")
-  flags.DEFINE_integer("rows", 4, "held-out rows per length for the loss")
+  flags.DEFINE_integer("rows", 4, "held-out rows per length for the loss, at most (fewer where the held-out "
+                       "text is too short for them: the JSON records the number per length)")
   flags.DEFINE_integer("bins", 16, "position bins per length")
   flags.DEFINE_list("passkey_depths", "0,0.25,0.5,0.75,1", "relative depths of the pass key")
   flags.DEFINE_integer("passkey_trials", 5, "pass keys per (length, depth); 0 skips the probe")

@@ -84,13 +84,19 @@ def test_evaluate_reads_the_held_out_text_once(tok, monkeypatch):
   reads = []
   real = tasks.task_texts
   monkeypatch.setattr(tasks, "task_texts", lambda *a, **k: reads.append(a) or real(*a, **k))
-  cfg = tiny_config(vocab_size=tok.vocab_size, max_position_embeddings=256)
+  cfg = tiny_config(vocab_size=tok.vocab_size, max_position_embeddings=8192)
   params = llama4_jax.init_params(cfg, jax.random.key(2))
-  out = L.evaluate(cfg, params, tok, [64, 96, 128], rows=1, bins=2, depths=[], trials=0, needle_keys=2,
+  total = len(L.held_out_stream(tok))
+  reads.clear()
+  big = total // 3 + 1  # only two rows of this length fit in the held-out text
+  out = L.evaluate(cfg, params, tok, [64, 96, big], rows=3, bins=2, depths=[], trials=0, needle_keys=2,
                    needle_trials=0, progress=lambda _: None)
-  assert len(reads) == 1 and sorted(out["loss"]) == ["128", "64", "96"]
-  direct = L.piece_nll(cfg, params, L.held_out_rows(tok, 96, 1))
+  assert len(reads) == 1 and sorted(out["loss"], key=int) == ["64", "96", str(big)]
+  assert [out["loss"][k]["rows"] for k in ("64", "96", str(big))] == [3, 3, 2]  # rows: at most 3, as text allows
+  direct = L.piece_nll(cfg, params, L.held_out_rows(tok, 96, 3))
   assert out["loss"]["96"]["mean"] == pytest.approx(float(direct.mean()), abs=1e-6)
+  with pytest.raises(ValueError, match=f"held-out text has {total} tokens, fewer than the length {total + 1}"):
+    L.evaluate(cfg, params, tok, [total + 1], rows=1, bins=2, depths=[], trials=0, needle_keys=2, needle_trials=0)
 
 
 @pytest.mark.parametrize("depth", [0.0, 0.5, 1.0])
