@@ -22,6 +22,7 @@ INSTALL_REQUIRES = [
     "importlib_resources>=6",  # tensorflow-datasets builders import it without declaring it
     "pillow>=12,<14",  # image loading and resizing (llama4_jax/data/image.py)
     "matplotlib>=3.10,<4",  # coordinate-check and sweep plots (llama4_jax/coord_check.py, llama4_jax/sweep.py)
+    "pyarrow>=26.0,<27",  # the parquet releases of MMMU, MMMU-Pro, MathVista, MMLU-Pro (llama4_jax/eval)
 ]
 
 EXTRAS = {
@@ -36,7 +37,7 @@ setup(
     version="0.1.0",
     description=__doc__,
     packages=find_packages(include=["llama4_jax", "llama4_jax.*", "pallas_kernels", "pallas_kernels.*"]),
-    package_data={"llama4_jax.data": ["assets/*"]},
+    package_data={"llama4_jax.data": ["assets/*"], "llama4_jax.eval": ["samples/**/*"]},
     include_package_data=True,
     python_requires=">=3.11,<3.13",
     install_requires=INSTALL_REQUIRES,

@@ -9,6 +9,8 @@ examples through `task_texts`. Registered here:
   * `llama4_jax.python_docs_passkey`: the embedded corpus's train split with one synthetic pass-key document
     (data/passkey.py) after every `PASSKEY_EVERY`-th document; its validation split is the corpus's own held-out
     text, so losses stay comparable with `llama4_jax.python_docs` (the length-generalization studies train on it).
+  * `llama4_jax.eval.<benchmark>`: the evaluation suite's benchmark families (llama4_jax/eval/suite.py) read from a
+    local directory (`register_benchmark`), with the benchmark's metric as the task's metric function.
 """
 
 from __future__ import annotations
@@ -100,6 +102,67 @@ def register_tfds(tfds_name: str, data_dir: str, text_key: str = "text") -> str:
         name, source=seqio.TfdsDataSource(tfds_name=tfds_name, tfds_data_dir=data_dir),
         preprocessors=preprocessors, output_features=_text_features())
   return name
+
+
+def _benchmark_split(bench_name: str, data_dir: str, shots: int | None, seed: int, split: str,
+                     shuffle_files: bool = False, seed_=None):
+  del split, shuffle_files, seed_
+  import dataclasses
+  import json
+  from llama4_jax.eval import suite
+  _, tf = _seqio()
+  examples = suite.load(bench_name, data_dir, shots, seed=seed)
+  return tf.data.Dataset.from_tensor_slices({
+      "inputs": tf.constant([ex.prompt for ex in examples], tf.string),
+      "targets": tf.constant([ex.golds[0] for ex in examples], tf.string),
+      "example": tf.constant([json.dumps(dataclasses.asdict(ex)) for ex in examples], tf.string)})
+
+
+def _benchmark_metric(bench_name: str):
+  """seqio metric_fn(targets, predictions) for one benchmark family: targets are the task's `example` JSON strings,
+  predictions the model's answers (generated text, or the chosen choice index for log-likelihood tasks)."""
+  def metric_fn(targets, predictions):
+    from llama4_jax.eval import report, suite
+    bench = suite.get(bench_name)
+    examples = [report.example_from_json(t) for t in targets]
+    return report.task_scores(bench, examples, list(predictions))["scores"]
+  return metric_fn
+
+
+def register_benchmark(name: str, data_dir: str, shots: int | None = None, seed: int = 0) -> str:
+  """Registers benchmark family `name` (llama4_jax/eval/suite.py) read from `data_dir/<name>/` as the seqio Task
+  `llama4_jax.eval.<name>` (re-registered when the directory, shots or seed change); returns the task name. Its
+  single 'test' split yields {"inputs": prompt, "targets": first gold, "example": the Example as JSON}; its metric
+  function scores predictions the way the benchmark reports them."""
+  seqio, _ = _seqio()
+  from llama4_jax.eval import suite
+  suite.get(name)  # an unknown family fails here, naming the known ones
+  task = f"llama4_jax.eval.{name}"
+  source = seqio.FunctionDataSource(
+      functools.partial(_benchmark_split, name, os.path.abspath(data_dir), shots, seed), splits=("test",))
+  if task in seqio.TaskRegistry.names():
+    seqio.TaskRegistry.remove(task)
+  seqio.TaskRegistry.add(task, source=source, preprocessors=[], output_features=_benchmark_features(),
+                         metric_fns=[_benchmark_metric(name)])
+  return task
+
+
+def _benchmark_features():
+  seqio, tf = _seqio()
+  plain = dict(vocabulary=seqio.PassThroughVocabulary(1), dtype=tf.string, add_eos=False, required=False, rank=0)
+  return {k: seqio.Feature(**plain) for k in ("inputs", "targets", "example")}
+
+
+def benchmark_examples(name: str, data_dir: str, shots: int | None = None, seed: int = 0,
+                       limit: int | None = None) -> list:
+  """The Examples of benchmark `name` read through its seqio Task (first `limit`)."""
+  from llama4_jax.eval import report
+  seqio, _ = _seqio()
+  task = seqio.get_mixture_or_task(register_benchmark(name, data_dir, shots, seed))
+  ds = task.get_dataset(sequence_length=None, split="test", shuffle=False, use_cached=False)
+  if limit:
+    ds = ds.take(limit)
+  return [report.example_from_json(ex["example"].decode("utf-8")) for ex in ds.as_numpy_iterator()]
 
 
 def task_texts(name: str, split: str, limit: int | None = None) -> list[str]:

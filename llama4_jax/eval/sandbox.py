@@ -22,11 +22,9 @@ shared machines, run the whole evaluation in a container or VM without network, 
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import dataclasses
-import errno
 import functools
+import json
 import math
 import os
 import resource
@@ -44,9 +42,27 @@ FILE_SIZE_LIMIT = 64 * 2**20
 PROCESS_HEADROOM = 64
 _MEMORY_SIGNS = ("MemoryError", "Cannot allocate memory", "std::bad_alloc", "out of memory")
 
-# Runs in the child before the program: blocks sockets, then runs the program as __main__ (so `from __future__`
-# imports and tracebacks keep the program's own line numbers)
+# Runs in the child: confines itself (network namespace, resource limits; done here rather than in a preexec_fn,
+# which would run between fork and exec of the multithreaded parent), blocks sockets, then runs the program as
+# __main__ (so `from __future__` imports and tracebacks keep the program's own line numbers)
 _RUNNER = r"""
+import ctypes, ctypes.util, errno, json, resource
+def _confine(limits):
+  try:
+    unshare = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True).unshare
+    unshare.argtypes = [ctypes.c_int]
+    if unshare(%(newnet)d) != 0 and ctypes.get_errno() == errno.EPERM:
+      unshare(%(newuser)d | %(newnet)d)  # a failure here leaves the socket guard alone
+  except (OSError, AttributeError):
+    pass
+  for which, soft, hard in limits:
+    _, current_hard = resource.getrlimit(which)
+    if current_hard != resource.RLIM_INFINITY:  # limits can only be lowered
+      soft, hard = min(soft, current_hard), min(hard, current_hard)
+    try:
+      resource.setrlimit(which, (soft, hard))
+    except (ValueError, OSError):
+      pass  # a limit the platform refuses; the others still hold
 import _socket, runpy, socket, sys
 def _blocked(*args, **kwargs):
   raise PermissionError("network access is disabled in the sandbox")
@@ -70,9 +86,10 @@ for _module in (socket, _socket):
     if hasattr(_module, _name):
       setattr(_module, _name, _blocked)
 del _module, _name
-sys.argv = sys.argv[1:]
+_confine(json.loads(sys.argv[1]))
+sys.argv = sys.argv[2:]
 runpy.run_path(sys.argv[0], run_name="__main__")
-"""
+""" % {"newnet": CLONE_NEWNET, "newuser": CLONE_NEWUSER}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,17 +99,6 @@ class SandboxResult:
   stderr: str
   returncode: int | None  # negative: killed by that signal
   seconds: float
-
-
-@functools.lru_cache(maxsize=1)
-def _unshare():
-  """libc's unshare(2), looked up in the parent: the child between fork and exec should only call it."""
-  try:
-    fn = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True).unshare
-  except (OSError, AttributeError):
-    return None
-  fn.argtypes = [ctypes.c_int]
-  return fn
 
 
 def _user_tasks() -> int | None:
@@ -125,20 +131,6 @@ def _limits(timeout_s: float, memory_mb: int) -> list[tuple[int, int, int]]:
   memory = memory_mb * 2**20
   limits.append((resource.RLIMIT_AS, memory, memory))  # last: the child allocates nothing after it
   return limits
-
-
-def _preexec(limits: list[tuple[int, int, int]], unshare) -> None:
-  """In the child between fork and exec: a private network namespace if possible, then the resource limits."""
-  if unshare is not None and unshare(CLONE_NEWNET) != 0 and ctypes.get_errno() == errno.EPERM:
-    unshare(CLONE_NEWUSER | CLONE_NEWNET)  # a failure here leaves the socket guard alone
-  for which, soft, hard in limits:
-    _, current_hard = resource.getrlimit(which)
-    if current_hard != resource.RLIM_INFINITY:  # limits can only be lowered
-      soft, hard = min(soft, current_hard), min(hard, current_hard)
-    try:
-      resource.setrlimit(which, (soft, hard))
-    except (ValueError, OSError):
-      pass  # a limit the platform refuses; the others still hold
 
 
 def _environment(workdir: str) -> dict[str, str]:
@@ -182,11 +174,11 @@ def run_code(source: str, *, stdin: str = "", timeout_s: float = 10.0, memory_mb
     paths = {name: os.path.join(root, name) for name in ("stdin", "stdout", "stderr")}
     with open(paths["stdin"], "w", encoding="utf-8") as f:
       f.write(stdin)
-    preexec = functools.partial(_preexec, _limits(timeout_s, memory_mb), _unshare())
+    limits = json.dumps(_limits(timeout_s, memory_mb))
     start = time.monotonic()
     with open(paths["stdin"], "rb") as fin, open(paths["stdout"], "wb") as fout, open(paths["stderr"], "wb") as ferr:
-      proc = subprocess.Popen([sys.executable, "-I", "-c", _RUNNER, program], stdin=fin, stdout=fout, stderr=ferr,
-                              cwd=workdir, env=_environment(workdir), start_new_session=True, preexec_fn=preexec)
+      proc = subprocess.Popen([sys.executable, "-I", "-c", _RUNNER, limits, program], stdin=fin, stdout=fout,
+                              stderr=ferr, cwd=workdir, env=_environment(workdir), start_new_session=True)
       timed_out = not _wait_unreaped(proc.pid, timeout_s)
       _kill_group(proc.pid)  # on timeout, and any background children the program left behind
       proc.wait()
