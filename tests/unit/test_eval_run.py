@@ -128,3 +128,21 @@ def test_samples_need_a_temperature(tmp_path):
     run.run(str(tmp_path), ["mmlu"], str(tmp_path), str(tmp_path / "out"), samples=3)
   with pytest.raises(ValueError, match="unknown benchmark"):
     run.select_tasks(["mmlu", "nope"])
+
+
+def test_seqio_task_yields_the_examples_and_scores_with_the_benchmarks_metric():
+  import seqio
+  from llama4_jax.data import tasks
+  from llama4_jax.eval import suite
+  direct = suite.load("mgsm", suite.SAMPLE_DIR)
+  assert tasks.benchmark_examples("mgsm", suite.SAMPLE_DIR) == direct
+  task = seqio.get_mixture_or_task(tasks.register_benchmark("mgsm", suite.SAMPLE_DIR))
+  first = next(task.get_dataset(sequence_length=None, split="test", shuffle=False).as_numpy_iterator())
+  assert first["inputs"].decode() == direct[0].prompt and first["targets"].decode() == direct[0].golds[0]
+  targets = [json.dumps(dataclasses.asdict(ex)) for ex in direct]
+  right = [f"... The answer is {ex.golds[0]}." for ex in direct]
+  (metric_fn,) = task.metric_fns
+  assert metric_fn(targets, right) == {"exact_match": 1.0}
+  assert metric_fn(targets, ["no idea"] * len(direct)) == {"exact_match": 0.0}
+  with pytest.raises(FileNotFoundError, match="mgsm"):
+    tasks.benchmark_examples("mgsm", "/nonexistent")  # re-registered with the new directory, which is missing
