@@ -105,6 +105,9 @@ def generations(cfg, params, tok, bench: Benchmark, examples: Sequence[Example],
   from llama4_jax.generate import generate
   from llama4_jax.sampling import Sampling
   room = cfg.max_position_embeddings - max_new_tokens
+  if room < 2:
+    raise ValueError(f"{bench.name}: max_new_tokens={max_new_tokens} leaves no room for a prompt in the model's "
+                     f"max_position_embeddings={cfg.max_position_embeddings}; pass a smaller --max_new_tokens")
   prompts, truncated = [], 0
   for ex in examples:
     ids = tok.encode(ex.prompt, bos=True, allowed_special={"<|image|>"})

@@ -146,3 +146,10 @@ def test_seqio_task_yields_the_examples_and_scores_with_the_benchmarks_metric():
   assert metric_fn(targets, ["no idea"] * len(direct)) == {"exact_match": 0.0}
   with pytest.raises(FileNotFoundError, match="mgsm"):
     tasks.benchmark_examples("mgsm", "/nonexistent")  # re-registered with the new directory, which is missing
+
+
+def test_generation_budget_must_leave_room_for_the_prompt(model):
+  cfg, params, tok = model
+  with pytest.raises(ValueError, match="max_new_tokens=63 leaves no room"):
+    run.generations(cfg, params, tok, _bench(), [_ex(0, "a")], batch=1, samples=1, temperature=0.0,
+                    max_new_tokens=63, seed=0)
