@@ -81,8 +81,9 @@ def piece_nll(cfg: ModelConfig, params, tokens_BL, piece: int | None = None) -> 
   params = fns["unstack_params"](params)
   cache = fns["unstack_cache"](init_cache(cfg, b, padded))
   out = []
-  for s in range(0, padded, piece):
-    nll, cache = fns["piece"](params, jnp.asarray(tokens[:, s:s + piece]), jnp.asarray(tokens[:, s + 1:s + piece + 1]), cache)
+  for s in range(0, length, piece):
+    e = min(s + piece, length)  # the last piece is not padded: dynamic NTK reads the length off its positions
+    nll, cache = fns["piece"](params, jnp.asarray(tokens[:, s:e]), jnp.asarray(tokens[:, s + 1:e + 1]), cache)
     out.append(np.asarray(nll))
   return np.concatenate(out, axis=1)[:, :length - 1]
 

@@ -50,6 +50,19 @@ def test_piece_nll_equals_the_direct_per_position_loss(overrides, length, piece)
   np.testing.assert_allclose(got, _direct_nll(cfg, params, tokens), atol=1e-4, rtol=0)
 
 
+def test_piece_nll_does_not_pad_the_last_piece_for_dynamic_ntk():
+  """Dynamic NTK takes the current length from the positions fed: padding the last piece up to the piece size
+  would grow the base of rows that never pass the original length."""
+  plain = tiny_config(attention_chunk_size=None, no_rope_layer_interval=0, rope_scaling=None)
+  dynamic = plain.replace(rope_scaling=RopeScaling("dynamic", 4.0, original_max_position_embeddings=24))
+  params = llama4_jax.init_params(plain, jax.random.key(2))
+  tokens = np.random.RandomState(1).randint(0, plain.vocab_size, (2, 24))
+  np.testing.assert_allclose(L.piece_nll(dynamic, params, tokens, 16), L.piece_nll(plain, params, tokens, 16),
+                             atol=1e-5, rtol=0)  # the same up to float32 rounding of the two frequency formulas
+  longer = np.random.RandomState(2).randint(0, plain.vocab_size, (2, 40))  # past the original length: differs
+  assert np.abs(L.piece_nll(dynamic, params, longer, 16) - L.piece_nll(plain, params, longer, 16)).max() > 1e-3
+
+
 def test_piece_nll_rejects_a_single_token():
   cfg = tiny_config()
   with pytest.raises(ValueError, match=r"length >= 2"):
