@@ -84,3 +84,30 @@ def test_yarn_arm_trains_and_is_probed_past_its_length(tmp_path):
   result = json.loads((out / "length.json").read_text())
   assert result["model"]["rope_scaling"]["rope_type"] == "yarn"  # the mid-trained stage's model was loaded
   assert set(result["loss"]) == {"64", "256"} and result["needle"] == {}
+
+
+def test_summary_reads_the_probes_and_finds_how_far_each_arm_generalizes(tmp_path):
+  spec = importlib.util.spec_from_file_location("length_summary", os.path.join(os.path.dirname(EXPERIMENT),
+                                                                                 "summarize.py"))
+  summary = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(summary)
+
+  def result(ppls, past):
+    loss = {str(n): {"ppl": p, "bins": [{"start": 0, "end": n // 2, "mean": 0.0},
+                                        {"start": n // 2, "end": n, "mean": past}]} for n, p in ppls.items()}
+    return {"lengths": list(ppls), "loss": loss, "passkey": {"256": {"0.0": 1.0, "1.0": 0.0}}, "needle": {}}
+
+  r = result({256: 10.0, 512: 10.5, 1024: 12.0, 2048: 10.0}, 2.0)
+  assert summary.generalizes_to(r, 256, 0.1) == 512  # 1024 breaks the 10% band; 2048 back inside does not count
+  assert summary.generalizes_to(r, 128, 0.1) is None
+  assert summary.past_training_ppl(r, 512, 256) == pytest.approx(2.718281828 ** 2.0)  # only the bin from 256 on
+  assert summary.past_training_ppl(r, 256, 256) is None
+  for arm, name in (("len_rope", "eval"), ("len_irope", "eval_temp")):
+    os.makedirs(tmp_path / arm / name)
+    (tmp_path / arm / name / "length.json").write_text(json.dumps(r))
+  found = summary.load(str(tmp_path))
+  assert [label for label, _, _ in found] == ["rope", "irope + temperature tuning"]
+  text = summary.tables(found, 0.1)
+  assert "| rope | 10.0 (1.00) | 10.5 (1.05) | 12.0 (1.20) | 10.0 (1.00) | 512 |" in text
+  assert "| rope | 0.50 |" in text  # passkey: the mean over depths
+  assert len(summary.plot(found, str(tmp_path / "plots"))) == 2
