@@ -1,7 +1,7 @@
 """Markdown tables of finished sweeps of this experiment (what NOTES.md quotes).
 
     python experiments/2026_11_28_metap_transfer/summarize.py runs/metap_width_metap runs/metap_width_standard \
-        [--group=model.hidden_size]
+        [--group=model.hidden_size] [--plots=experiments/2026_11_28_metap_transfer/plots --axis=width]
 
 Per sweep directory (its sweep.csv, or its runs' sweep_result.json files while the sweep is still going): the best
 log2 learning rate per group value on the grid and fitted between grid points (llama4_jax.sweep.fitted_optimum), for
@@ -52,8 +52,9 @@ def table(workdir: str, group: str, x: str = "optim.learning_rate") -> str:
   wider = sweep.wider_is_better(workdir, rows, x, group)
   groups = list(tr)
   pairs = list(zip(groups[:-1], groups[1:]))
-  lines += [f"Wider lower train loss, logged steps out of each run's {next(iter(wider.values()))['steps']} "
-            "(all widths in order / per adjacent pair):" if wider else "", ""]
+  name = group.split(".")[-1]
+  lines += [f"Larger {name}, lower train loss: logged steps out of {next(iter(wider.values()))['steps']} "
+            f"(every {name} in order / per adjacent pair):" if wider else "", ""]
   lines += ["| LR | all in order | " + " | ".join(f"{a} -> {b}" for a, b in pairs) + " |",
             "|---|---|" + "---|" * len(pairs)]
   for xv, res in sorted(wider.items()):
@@ -67,10 +68,17 @@ def main():
   parser = argparse.ArgumentParser()
   parser.add_argument("workdirs", nargs="+")
   parser.add_argument("--group", default="model.hidden_size")
+  parser.add_argument("--plots", default=None, help="directory for the plots (none by default)")
+  parser.add_argument("--axis", default="width", help="the plot file names' axis part")
   args = parser.parse_args()
   for w in args.workdirs:
     print(table(w, args.group))
     print()
+    if args.plots:
+      kind = os.path.basename(os.path.normpath(w)).split("_")[-1]
+      path = os.path.join(args.plots, f"sweep_{args.axis}_{kind}.png")
+      sweep.plot(load_rows(w), path, "optim.learning_rate", args.group)
+      print(f"plot: {path}\n")
 
 
 if __name__ == "__main__":
