@@ -21,10 +21,12 @@ model of each axis: width 32, depth 4, batch 8.
   * depth: 4, 8, 16 layers (4x) at width 64, the same learning rates and steps.
   * batch: 8, 16, 32 rows (4x) at width 64 and a fixed token budget (steps x batch = 1,600 rows); metap scales
     every learning rate by sqrt(batch / 8) (`param_scaling.batch_exponent=0.5`).
+  * long (with width): the width axis at 1,000 steps (5x), learning rates 2^-9 .. 2^-6 around the 200-step optima,
+    seeds 0 and 1 (seed 0's runs first, so a sweep cut short has one whole seed; the seed sets init and data order).
 `metap` uses the CompleteP table of configs/base.py (hidden matrices init x m^-1/2 and Adam LR x m^-1, readout and
 router logits x m^-1, residual branches x L^-1); `standard` uses one learning rate and init std 0.02 everywhere.
 Variant tokens (comma-separated): a parameterization (standard | mup | completep | metap, default metap), an axis
-(width | depth | batch, default width), `smoke` (two tiny runs of a few steps, for tests). Results: NOTES.md.
+(width | depth | batch, default width), `long` (see above), `smoke` (two tiny runs of a few steps, for tests). Results: NOTES.md.
 """
 
 from configs import base
@@ -38,16 +40,19 @@ HEAD_DIM = 16
 DEPTHS = (4, 8, 16)
 BATCHES = (8, 16, 32)
 BASE_STEPS, BASE_BATCH = 200, 8
+LONG_STEPS, LONG_LEARNING_RATES, LONG_SEEDS = 1000, tuple(2.0 ** e for e in (-7, -8, -6, -9)), (0, 1)
 
 
 def _parse(arg: str):
   tokens = [t for t in (arg or "").split(",") if t]
-  unknown = [t for t in tokens if t not in KINDS + AXES + ("smoke",)]
+  unknown = [t for t in tokens if t not in KINDS + AXES + ("long", "smoke")]
   if unknown:
-    raise ValueError(f"unknown variant token(s) {unknown} (parameterizations {KINDS}, axes {AXES}, smoke)")
+    raise ValueError(f"unknown variant token(s) {unknown} (parameterizations {KINDS}, axes {AXES}, long, smoke)")
   kind = next((t for t in tokens if t in KINDS), "metap")
   axis = next((t for t in tokens if t in AXES), "width")
-  return kind, axis, "smoke" in tokens
+  if "long" in tokens and axis != "width":
+    raise ValueError(f"variant 'long' is defined for the width axis only, got axis {axis!r}")
+  return kind, axis, "smoke" in tokens, "long" in tokens
 
 
 def width_overrides(width: int) -> dict:
@@ -57,7 +62,7 @@ def width_overrides(width: int) -> dict:
 
 
 def get_config(arg: str = ""):
-  kind, _, smoke = _parse(arg)
+  kind, _, smoke, long = _parse(arg)
   config = base.get_config("tiny")
   config.model.update(num_hidden_layers=4, head_dim=HEAD_DIM, num_local_experts=8, scan_unroll=1)
   for key, value in width_overrides(WIDTHS[0]).items():
@@ -75,6 +80,8 @@ def get_config(arg: str = ""):
                                    batch_size=BASE_BATCH)
   if kind == "metap":
     config.param_scaling.batch_exponent = 0.5  # Adam: learning rate ~ sqrt(batch) below the critical batch
+  if long:
+    config.train.update(steps=LONG_STEPS, eval_every=LONG_STEPS, checkpoint_every=LONG_STEPS // 4)
   if smoke:
     config.data.update(seq_len=32, batch_size=8, eval_batches=1, max_documents=60)
     config.train.update(steps=3, log_every=1, eval_every=3, checkpoint_every=3)
@@ -83,7 +90,10 @@ def get_config(arg: str = ""):
 
 
 def get_sweep(arg: str = ""):
-  _, axis, smoke = _parse(arg)
+  _, axis, smoke, long = _parse(arg)
+  if long:  # the schedule's horizon is the run's steps: the same cosine, stretched
+    return [{"seed": seed, "optim.learning_rate": lr, **width_overrides(w)}
+            for seed in LONG_SEEDS for lr in LONG_LEARNING_RATES for w in WIDTHS]
   if smoke:
     return [{"optim.learning_rate": 2.0 ** -7, **width_overrides(64)},
             {"optim.learning_rate": 2.0 ** -6, **width_overrides(128)}]

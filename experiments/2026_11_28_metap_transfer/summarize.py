@@ -31,9 +31,23 @@ def load_rows(workdir: str) -> list[dict]:
   return rows
 
 
-def table(workdir: str, group: str, x: str = "optim.learning_rate") -> str:
-  rows = load_rows(workdir)
-  lines = [f"**{os.path.basename(os.path.normpath(workdir))}** ({len(rows)} runs)", "",
+def seed_mean(rows: list[dict]) -> list[dict]:
+  """One row per setting with its final losses averaged over the seeds that finished it ('seeds' = how many)."""
+  settings = {}
+  for r in rows:
+    key = tuple(sorted((k, v) for k, v in r.items() if k not in ("seed", "name", "status") and
+                       not k.startswith("final_")))
+    settings.setdefault(key, []).append(r)
+  return [{**dict(key), "seeds": len(rs), **{m: sum(r[m] for r in rs) / len(rs)
+                                             for m in ("final_train_loss", "final_eval_loss")}}
+          for key, rs in settings.items()]
+
+
+def table(workdir: str, group: str, x: str = "optim.learning_rate", rows: list[dict] | None = None,
+          title: str = "") -> str:
+  """`rows` (default: all of the workdir's finished runs) of one seed, or seed means (then no per-step check)."""
+  rows = load_rows(workdir) if rows is None else rows
+  lines = [f"**{os.path.basename(os.path.normpath(workdir))}{title}** ({len(rows)} runs)", "",
            f"| {group.split('.')[-1]} | best log2 LR, train (grid / fit) | final train loss | "
            "best log2 LR, eval (grid / fit) | eval loss |", "|---|---|---|---|---|"]
   reports = {}
@@ -49,12 +63,14 @@ def table(workdir: str, group: str, x: str = "optim.learning_rate") -> str:
     lines.append(f"{metric}: fitted optimum shift smallest -> largest {rep['shift']:+.2f} octaves, spread "
                  f"{rep['spread']:.2f}{' (an optimum on the grid edge)' if rep['any_edge'] else ''}")
   lines.append("")
-  wider = sweep.wider_is_better(workdir, rows, x, group)
+  wider = sweep.wider_is_better(workdir, rows, x, group) if all("name" in r for r in rows) else {}
   groups = list(tr)
   pairs = list(zip(groups[:-1], groups[1:]))
   name = group.split(".")[-1]
+  if not wider:
+    return "\n".join(lines)
   lines += [f"Larger {name}, lower train loss: logged steps out of {next(iter(wider.values()))['steps']} "
-            f"(every {name} in order / per adjacent pair):" if wider else "", ""]
+            f"(every {name} in order / per adjacent pair):", ""]
   lines += ["| LR | all in order | " + " | ".join(f"{a} -> {b}" for a, b in pairs) + " |",
             "|---|---|" + "---|" * len(pairs)]
   for xv, res in sorted(wider.items()):
@@ -72,12 +88,21 @@ def main():
   parser.add_argument("--axis", default="width", help="the plot file names' axis part")
   args = parser.parse_args()
   for w in args.workdirs:
-    print(table(w, args.group))
+    rows = load_rows(w)
+    seeds = sorted({r.get("seed", 0) for r in rows})
+    if len(seeds) == 1:
+      print(table(w, args.group, rows=rows))
+    else:  # each seed alone, then the losses averaged over seeds (settings every seed finished)
+      for seed in seeds:
+        print(table(w, args.group, rows=[r for r in rows if r.get("seed", 0) == seed], title=f", seed {seed}"))
+        print()
+      mean = [r for r in seed_mean(rows) if r["seeds"] == len(seeds)]
+      print(table(w, args.group, rows=mean, title=f", mean over seeds {seeds}"))
     print()
     if args.plots:
       kind = os.path.basename(os.path.normpath(w)).split("_")[-1]
-      path = os.path.join(args.plots, f"sweep_{args.axis}_{kind}.png")
-      sweep.plot(load_rows(w), path, "optim.learning_rate", args.group)
+      path = os.path.join(args.plots, f"sweep_{args.axis}_{kind}{'_seed_mean' if len(seeds) > 1 else ''}.png")
+      sweep.plot(rows if len(seeds) == 1 else seed_mean(rows), path, "optim.learning_rate", args.group)
       print(f"plot: {path}\n")
 
 

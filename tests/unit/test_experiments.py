@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from tests.integration import subprocess_env
 
@@ -92,3 +93,24 @@ def test_metap_transfer_sweeps_span_the_issue_ranges_and_resolve():
         c[section][name] = value
       (_, _, cfg), = resolve_stages(c)
       assert cfg.model[key.split(".")[1]] == run[key] if key.startswith("model") else cfg.data.batch_size == run[key]
+
+
+def test_metap_transfer_long_variant_runs_whole_seeds_first_and_summarize_averages_seeds(tmp_path):
+  folder = os.path.join(REPO, "experiments", "2026_11_28_metap_transfer")
+  module = _load(os.path.join(folder, "config.py"))
+  runs = module.get_sweep("metap,long")
+  widths = sorted({r["model.hidden_size"] for r in runs})
+  assert widths[-1] == 8 * widths[0] and module.get_config("metap,long").train.steps >= 1000
+  half = len(runs) // 2
+  assert {r["seed"] for r in runs[:half]} == {0} and {r["seed"] for r in runs[half:]} == {1}
+  assert [{k: v for k, v in r.items() if k != "seed"} for r in runs[:half]] == \
+      [{k: v for k, v in r.items() if k != "seed"} for r in runs[half:]]
+  with pytest.raises(ValueError, match="width axis only"):
+    module.get_config("metap,depth,long")
+  summarize = _load(os.path.join(folder, "summarize.py"))
+  rows = [{"name": f"a{s}", "seed": s, "optim.learning_rate": 0.5, "model.hidden_size": 32,
+           "final_train_loss": 1.0 + s, "final_eval_loss": 2.0 + s} for s in (0, 1)]
+  rows.append({"name": "b0", "seed": 0, "optim.learning_rate": 0.25, "model.hidden_size": 32,
+               "final_train_loss": 5.0, "final_eval_loss": 5.0})
+  mean = sorted(summarize.seed_mean(rows), key=lambda r: r["optim.learning_rate"])
+  assert [(r["seeds"], r["final_train_loss"], r["final_eval_loss"]) for r in mean] == [(1, 5.0, 5.0), (2, 1.5, 2.5)]
