@@ -240,24 +240,64 @@ def plot(rows: Sequence[dict], path: str, x: str, group: str, metric: str = "fin
   os.replace(path + ".tmp.png", path)
 
 
+def seed_mean(rows: Sequence[dict]) -> list[dict]:
+  """One row per setting (every key but seed, name, status and the final_* results) with its final losses averaged
+  over the seeds that finished it; 'seeds' = how many did."""
+  settings = {}
+  for r in rows:
+    if r.get("status", "done").startswith("failed"):
+      continue
+    key = tuple(sorted((k, v) for k, v in r.items() if k not in ("seed", "name", "status") and
+                       not k.startswith("final_")))
+    settings.setdefault(key, []).append(r)
+  metrics = ("final_train_loss", "final_eval_loss")
+  return [{**dict(key), "seeds": len(rs), **{m: sum(r[m] for r in rs) / len(rs) for m in metrics
+                                             if all(r.get(m) is not None for r in rs)}}
+          for key, rs in settings.items()]
+
+
+def report(rows: Sequence[dict], workdir: str, x: str, group: str, title: str = "") -> None:
+  """Prints the best x per group value, the fitted optimum's shift and (rows of single runs) the per-step ordering."""
+  print(f"-- {title or 'all runs'}")
+  for g, (bx, loss) in sorted(optimum(rows, x, group).items(), key=lambda kv: str(kv[0])):
+    print(f"{group}={g}: best {x}={bx:g} (log2 {math.log2(bx):.2f}), final train loss {loss:.4f}")
+  if len({r.get(group) for r in rows}) < 2:
+    return
+  rep = transfer_report(rows, x, group)
+  fits = ", ".join(f"{g}: {v['fit']:.2f}{' (edge)' if v['edge'] else ''}" for g, v in rep["optimum"].items())
+  print(f"fitted log2 {x} optimum per {group}: {fits}; shift smallest -> largest {rep['shift']:+.2f} "
+        f"octaves, spread {rep['spread']:.2f}")
+  if not all("name" in r for r in rows):
+    return
+  for xv, res in wider_is_better(workdir, rows, x, group).items():
+    bad = res["violations"]
+    print(f"{x}={xv:g}: larger {group} lower train loss at every one of {res['steps']} logged steps"
+          if not bad else f"{x}={xv:g}: {len(bad)} violations in {res['steps']} steps, first {bad[0]}")
+
+
+def summarize(rows: Sequence[dict], workdir: str, x: str, group: str) -> None:
+  """The end-of-sweep printout and workdir/sweep.png. A sweep over several seeds is reported seed by seed, then on
+  the losses averaged over the seeds (settings that every seed finished), never mixing seeds in one optimum."""
+  finished = [r for r in rows if not r.get("status", "done").startswith("failed")]
+  seeds = sorted({r.get("seed", 0) for r in finished})
+  if len(seeds) <= 1:
+    plot(finished, os.path.join(workdir, "sweep.png"), x, group)
+    report(finished, workdir, x, group)
+    return
+  for seed in seeds:
+    report([r for r in finished if r.get("seed", 0) == seed], workdir, x, group, f"seed {seed}")
+  mean = [r for r in seed_mean(finished) if r["seeds"] == len(seeds)]
+  plot(mean, os.path.join(workdir, "sweep.png"), x, group)
+  if mean:
+    report(mean, workdir, x, group, f"mean over seeds {seeds}")
+
+
 def main(argv):
   del argv
   from absl import flags
   f = flags.FLAGS
   rows = run_sweep(f.config, f.workdir, f.parallel, f.tail)
-  plot(rows, os.path.join(f.workdir, "sweep.png"), f.x, f.group)
-  finished = [r for r in rows if not r["status"].startswith("failed")]
-  for g, (bx, loss) in sorted(optimum(rows, f.x, f.group).items(), key=lambda kv: str(kv[0])):
-    print(f"{f.group}={g}: best {f.x}={bx:g} (log2 {math.log2(bx):.2f}), final train loss {loss:.4f}")
-  if len({r.get(f.group) for r in finished}) >= 2:
-    rep = transfer_report(finished, f.x, f.group)
-    fits = ", ".join(f"{g}: {v['fit']:.2f}{' (edge)' if v['edge'] else ''}" for g, v in rep["optimum"].items())
-    print(f"fitted log2 {f.x} optimum per {f.group}: {fits}; shift smallest -> largest {rep['shift']:+.2f} "
-          f"octaves, spread {rep['spread']:.2f}")
-    for xv, res in wider_is_better(f.workdir, finished, f.x, f.group).items():
-      bad = res["violations"]
-      print(f"{f.x}={xv:g}: larger {f.group} lower train loss at every one of {res['steps']} logged steps"
-            if not bad else f"{f.x}={xv:g}: {len(bad)} violations in {res['steps']} steps, first {bad[0]}")
+  summarize(rows, f.workdir, f.x, f.group)
   failed = [r["name"] for r in rows if r["status"].startswith("failed")]
   print(f"{len(rows)} runs: {sum(r['status'] == 'done' for r in rows)} ran, "
         f"{sum(r['status'] == 'skipped' for r in rows)} already finished, {len(failed)} failed "

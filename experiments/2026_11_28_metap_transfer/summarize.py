@@ -31,18 +31,6 @@ def load_rows(workdir: str) -> list[dict]:
   return rows
 
 
-def seed_mean(rows: list[dict]) -> list[dict]:
-  """One row per setting with its final losses averaged over the seeds that finished it ('seeds' = how many)."""
-  settings = {}
-  for r in rows:
-    key = tuple(sorted((k, v) for k, v in r.items() if k not in ("seed", "name", "status") and
-                       not k.startswith("final_")))
-    settings.setdefault(key, []).append(r)
-  return [{**dict(key), "seeds": len(rs), **{m: sum(r[m] for r in rs) / len(rs)
-                                             for m in ("final_train_loss", "final_eval_loss")}}
-          for key, rs in settings.items()]
-
-
 def table(workdir: str, group: str, x: str = "optim.learning_rate", rows: list[dict] | None = None,
           title: str = "") -> str:
   """`rows` (default: all of the workdir's finished runs) of one seed, or seed means (then no per-step check)."""
@@ -96,13 +84,13 @@ def main():
       for seed in seeds:
         print(table(w, args.group, rows=[r for r in rows if r.get("seed", 0) == seed], title=f", seed {seed}"))
         print()
-      mean = [r for r in seed_mean(rows) if r["seeds"] == len(seeds)]
+      mean = [r for r in sweep.seed_mean(rows) if r["seeds"] == len(seeds)]
       print(table(w, args.group, rows=mean, title=f", mean over seeds {seeds}"))
     print()
     if args.plots:
       kind = os.path.basename(os.path.normpath(w)).split("_")[-1]
       path = os.path.join(args.plots, f"sweep_{args.axis}_{kind}{'_seed_mean' if len(seeds) > 1 else ''}.png")
-      sweep.plot(rows if len(seeds) == 1 else seed_mean(rows), path, "optim.learning_rate", args.group)
+      sweep.plot(rows if len(seeds) == 1 else sweep.seed_mean(rows), path, "optim.learning_rate", args.group)
       print(f"plot: {path}\n")
 
 

@@ -131,3 +131,25 @@ def test_wider_is_better_compares_every_logged_step(tmp_path):
   # an x value where some width did not finish is not judged
   rows[3]["status"] = "failed (exit 1)"
   assert list(sweep.wider_is_better(workdir, rows, "lr", "w")) == [0.01]
+
+
+def test_summary_of_a_two_seed_sweep_reports_each_seed_then_the_mean(tmp_path, capsys):
+  # seed 0 prefers lr 0.01 at both widths, seed 1 prefers 0.1; the mean (0.01: 4.5 / 4.0, 0.1: 4.75 / 4.25) 0.01.
+  workdir, rows = str(tmp_path), []
+  final = {(0, 0.01, 32): 4.0, (0, 0.1, 32): 6.0, (0, 0.01, 64): 3.5, (0, 0.1, 64): 5.0,
+           (1, 0.01, 32): 5.0, (1, 0.1, 32): 3.5, (1, 0.01, 64): 4.5, (1, 0.1, 64): 3.5}
+  for (seed, lr, w), loss in final.items():
+    name = f"seed={seed},lr={lr},w={w}"
+    _fake_run(workdir, name, {1: 8.0, 10: loss + 1.0 - w / 64, 20: loss})
+    rows.append({"name": name, "seed": seed, "lr": lr, "w": w, "final_train_loss": loss, "final_eval_loss": loss,
+                 "status": "done"})
+  sweep.summarize(rows, workdir, "lr", "w")
+  out = capsys.readouterr().out
+  per_seed, mean = out.split("-- seed 1")[0], out.split("-- mean over seeds [0, 1]")[1]
+  assert "w=32: best lr=0.01" in per_seed and "w=64: best lr=0.01" in per_seed
+  assert "w=32: best lr=0.1 " in out.split("-- seed 1")[1].split("-- mean")[0]
+  assert "w=32: best lr=0.01 (log2 -6.64), final train loss 4.5000" in mean
+  assert "w=64: best lr=0.01 (log2 -6.64), final train loss 4.0000" in mean
+  assert open(os.path.join(workdir, "sweep.png"), "rb").read(4) == b"\x89PNG"
+  means = {(r["lr"], r["w"]): r for r in sweep.seed_mean(rows)}
+  assert means[(0.1, 64)]["seeds"] == 2 and means[(0.1, 64)]["final_train_loss"] == 4.25

@@ -12,6 +12,7 @@ import sys
 import numpy as np
 import pytest
 
+from llama4_jax import sweep
 from tests.integration import subprocess_env
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -107,10 +108,9 @@ def test_metap_transfer_long_variant_runs_whole_seeds_first_and_summarize_averag
       [{k: v for k, v in r.items() if k != "seed"} for r in runs[half:]]
   with pytest.raises(ValueError, match="width axis only"):
     module.get_config("metap,depth,long")
-  summarize = _load(os.path.join(folder, "summarize.py"))
   rows = [{"name": f"a{s}", "seed": s, "optim.learning_rate": 0.5, "model.hidden_size": 32,
            "final_train_loss": 1.0 + s, "final_eval_loss": 2.0 + s} for s in (0, 1)]
   rows.append({"name": "b0", "seed": 0, "optim.learning_rate": 0.25, "model.hidden_size": 32,
                "final_train_loss": 5.0, "final_eval_loss": 5.0})
-  mean = sorted(summarize.seed_mean(rows), key=lambda r: r["optim.learning_rate"])
+  mean = sorted(sweep.seed_mean(rows), key=lambda r: r["optim.learning_rate"])
   assert [(r["seeds"], r["final_train_loss"], r["final_eval_loss"]) for r in mean] == [(1, 5.0, 5.0), (2, 1.5, 2.5)]
