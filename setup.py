@@ -26,7 +26,9 @@ INSTALL_REQUIRES = [
 ]
 
 EXTRAS = {
-    "test": ["pytest>=9.0,<10"],
+    # pytest-xdist: the suite runs in parallel workers (one per core, at most 4; tests/conftest.py), each test file
+    # in one worker so that its tests share their compiled programs.
+    "test": ["pytest>=9.0,<10", "pytest-xdist>=3.8,<4"],
     # Parity oracle. torch==2.13.0 is the CPU build on the project machines; transformers 5.24.0 breaks Llama 4's
     # vision forward, so stay on 5.23.0.
     "torch": ["torch==2.13.0", "transformers==5.23.0", "safetensors>=0.8,<0.9"],

@@ -27,6 +27,18 @@ def tiny_config(**overrides) -> ModelConfig:
   return ModelConfig(**base)
 
 
+MAX_WORKERS = 4  # each worker holds its own compiled programs and JAX buffers (a few GiB at the suite's peak)
+
+
+def pytest_xdist_auto_num_workers(config):
+  """`-n auto` (pyproject.toml): one worker per core, at most MAX_WORKERS. The suite is mostly XLA compiles, which
+  run on one thread, so a second worker on the 2-core CI machine cut a compile-bound sample of it from 112 s to
+  73 s (tests/unit/test_moe.py, test_attention.py, test_rope.py, 2026-12-06)."""
+  del config
+  cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+  return max(1, min(MAX_WORKERS, cores))
+
+
 @pytest.fixture(autouse=True, scope="module")
 def _release_compiled_programs():
   """Drops every compiled program after each test module. Each XLA:CPU executable keeps a few memory mappings of its
