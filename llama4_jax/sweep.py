@@ -27,6 +27,7 @@ import sys
 from typing import Callable, Sequence
 
 RESULT = "sweep_result.json"
+SUMMARY = "summary.json"  # what llama4_jax.train.loop writes when a run has finished every stage
 
 
 def load_sweep(config_arg: str) -> list[dict]:
@@ -114,6 +115,9 @@ def run_sweep(config_arg: str, workdir: str, parallel: int = 1, tail: int = 3,
     code = launch(config_arg, run_dir, overrides)
     if code != 0:
       return {"name": run_name(overrides), **overrides, "status": f"failed (exit {code})"}
+    if not os.path.isfile(os.path.join(run_dir, SUMMARY)):  # exited cleanly before its last step (SIGTERM)
+      return {"name": run_name(overrides), **overrides,
+              "status": f"failed (stopped before its last step, no {SUMMARY}; rerunning the sweep resumes it)"}
     result = {"name": run_name(overrides), **overrides, **final_losses(run_dir, tail)}
     with open(result_path + ".tmp", "w") as f:
       json.dump(result, f)

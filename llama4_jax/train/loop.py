@@ -357,5 +357,15 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> list[dict]:
     writer.close()
     signal.signal(signal.SIGTERM, previous)
   if jax.process_index() == 0:
+    _write_json(os.path.join(workdir, SUMMARY), {"complete": True, "stages": rows})
     print(summary(rows, workdir), flush=True)
   return rows
+
+
+SUMMARY = "summary.json"  # written once every stage has finished: a run without it stopped early (e.g. SIGTERM)
+
+
+def _write_json(path: str, value) -> None:
+  with open(path + ".tmp", "w") as f:
+    json.dump(value, f, indent=1, default=lambda v: v.item() if hasattr(v, "item") else str(v))
+  os.replace(path + ".tmp", path)

@@ -5,6 +5,7 @@ import csv
 import json
 import math
 import os
+import shutil
 import textwrap
 
 import pytest
@@ -68,6 +69,28 @@ def test_failed_runs_are_reported_and_retried(tmp_path):
   rows = sweep.run_sweep(config, workdir, launch=lambda *a: 2)
   assert [r["status"] for r in rows] == ["failed (exit 2)"] * 2
   assert not os.path.exists(os.path.join(workdir, rows[0]["name"], sweep.RESULT))
+
+
+def test_a_run_that_exits_cleanly_before_its_last_step_is_not_recorded(tmp_path):
+  # SIGTERM makes a training run save, print and exit 0 (tests/integration/test_train_loop.py); without the loop's
+  # summary.json the sweep must not take the losses it logged so far as the run's result.
+  from llama4_jax.train import loop
+  assert sweep.SUMMARY == loop.SUMMARY
+  config, workdir = _experiment(tmp_path), str(tmp_path / "sweep")
+
+  def stopped_early(config_arg, run_dir, overrides, finish=False):
+    _fake_run(workdir, os.path.basename(run_dir), {1: 8.0, 2: 7.0})
+    if finish:
+      open(os.path.join(run_dir, sweep.SUMMARY), "w").write("{}")
+    return 0
+
+  rows = sweep.run_sweep(config, workdir, launch=stopped_early)
+  assert all(r["status"].startswith("failed (stopped before its last step") for r in rows), rows
+  assert not any(os.path.exists(os.path.join(workdir, r["name"], sweep.RESULT)) for r in rows)
+  for r in rows:
+    shutil.rmtree(os.path.join(workdir, r["name"]))
+  rows = sweep.run_sweep(config, workdir, launch=lambda c, d, o: stopped_early(c, d, o, finish=True))
+  assert [r["status"] for r in rows] == ["done", "done"] and rows[0]["final_train_loss"] == 7.5
 
 
 def test_optimum_per_group():

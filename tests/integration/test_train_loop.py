@@ -110,9 +110,12 @@ def test_sigterm_saves_and_exits_cleanly(reference_run, tmp_path):
   saved = sorted(int(s) for s in os.listdir(os.path.join(workdir, "checkpoints", "pretrain")) if s.isdigit())
   last_logged = max(_losses(workdir))
   assert saved and saved[-1] == last_logged  # the checkpoint is at the step the run stopped, not an older one
+  assert not os.path.exists(os.path.join(workdir, "summary.json"))  # what tells a sweep the run is not finished
   code, out = _main(workdir)
   assert code == 0, out
   assert _losses(workdir) == _losses(ref_dir)
+  with open(os.path.join(workdir, "summary.json")) as f:
+    assert json.load(f)["complete"] is True
 
 
 def test_corrupted_newest_checkpoint_falls_back(reference_run, tmp_path):
