@@ -21,7 +21,7 @@ model of each axis: width 32, depth 4, batch 8.
   * depth: 4, 8, 16 layers (4x) at width 64, the same learning rates and steps.
   * batch: 8, 16, 32 rows (4x) at width 64 and a fixed token budget (steps x batch = 1,600 rows); metap scales
     every learning rate by sqrt(batch / 8) (`param_scaling.batch_exponent=0.5`).
-  * long (with width): the width axis at 1,000 steps (5x), learning rates 2^-9 .. 2^-6 around the 200-step optima,
+  * long (with width): the width axis at 1,000 steps (5x), learning rates 2^-10 .. 2^-6 around the 200-step optima,
     seeds 0 and 1 (seed 0's runs first, so a sweep cut short has one whole seed; the seed sets init and data order).
 `metap` uses the CompleteP table of configs/base.py (hidden matrices init x m^-1/2 and Adam LR x m^-1, readout and
 router logits x m^-1, residual branches x L^-1); `standard` uses one learning rate and init std 0.02 everywhere.
@@ -40,7 +40,7 @@ HEAD_DIM = 16
 DEPTHS = (4, 8, 16)
 BATCHES = (8, 16, 32)
 BASE_STEPS, BASE_BATCH = 200, 8
-LONG_STEPS, LONG_LEARNING_RATES, LONG_SEEDS = 1000, tuple(2.0 ** e for e in (-7, -8, -6, -9)), (0, 1)
+LONG_STEPS, LONG_LEARNING_RATES, LONG_SEEDS = 1000, tuple(2.0 ** e for e in (-7, -8, -6, -9, -10)), (0, 1)
 
 
 def _parse(arg: str):
