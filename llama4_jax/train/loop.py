@@ -152,9 +152,7 @@ def _check_workdir(workdir: str, fingerprint: dict) -> None:
           "use a new --workdir or delete the old one")
     return
   os.makedirs(workdir, exist_ok=True)
-  with open(path + ".tmp", "w") as f:
-    json.dump(fingerprint, f, indent=1)
-  os.replace(path + ".tmp", path)
+  _write_json(path, fingerprint)
 
 
 def _moe_load(stats, block_size: int) -> dict:
