@@ -28,22 +28,24 @@ def optim_config():
       learning_rate=3e-3, warmup_steps=20, schedule="cosine", min_lr_ratio=0.1, decay_fraction=0.2,
       b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1, weight_decay_exclude=("norm",), clip_norm=1.0,
       lr_multipliers=(),  # ((regex on parameter path, factor), ...), e.g. (("moe/(gate_up|down)$", 0.5),)
+      weight_decay_multipliers=(),  # the same form, on the weight-decay coefficient (the decay step is lr x wd)
   ))
 
 
 def _rule(init=1.0, init_width=0.0, forward=1.0, forward_width=0.0, lr=1.0, lr_width=0.0, lr_depth=0.0,
-          lr_experts=0.0):
+          lr_experts=0.0, wd_width=0.0):
   return dict(init=init, init_width=init_width, forward=forward, forward_width=forward_width, lr=lr,
-              lr_width=lr_width, lr_depth=lr_depth, lr_experts=lr_experts)
+              lr_width=lr_width, lr_depth=lr_depth, lr_experts=lr_experts, wd_width=wd_width)
 
 
 def param_scaling_config():
   """Base shape and rules of `config.parameterization` ('standard' | 'mup' | 'completep' | 'metap';
   llama4_jax/parameterization.py). A base value of 0 = the model's own. `metap.<group>`: init std x
   init * m_w^init_width, forward x forward * m_w^forward_width, Adam LR x lr * m_w^lr_width * m_L^lr_depth *
-  m_E^lr_experts; residual branches x m_L^-depth_alpha; every LR x (B/B_base)^batch_exponent (T/T_base)^token_exponent.
-  The metap defaults are CompleteP's values (mup / completep ignore them)."""
-  hidden = lambda: _rule(init_width=-0.5, lr_width=-1.0)  # noqa: E731  (a new dict each: ConfigDict would alias one)
+  m_E^lr_experts, AdamW weight decay x m_w^wd_width; residual branches x m_L^-depth_alpha; every LR x
+  (B/B_base)^batch_exponent (T/T_base)^token_exponent. The metap defaults are CompleteP's values (mup / completep
+  ignore them): hidden matrices' decay x m_w, so that the decay step lr x wd does not change with width (MuAdamW)."""
+  hidden = lambda: _rule(init_width=-0.5, lr_width=-1.0, wd_width=1.0)  # noqa: E731  (a new dict each: ConfigDict would alias one)
   return ml_collections.ConfigDict(dict(
       base=dict(hidden_size=0, num_attention_heads=0, head_dim=0, intermediate_size=0, intermediate_size_mlp=0,
                 num_local_experts=0, num_hidden_layers=0, batch_size=0, tokens=0),

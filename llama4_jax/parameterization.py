@@ -4,8 +4,9 @@ width and depth multipliers, plus learning-rate rules for batch size and token b
 `config.parameterization` selects one:
   * 'standard': nothing changes (Hugging Face's init, no multipliers, one learning rate),
   * 'mup': μP for Adam (Tensor Programs V; microsoft/mup's MuAdam + MuReadout form): hidden matrices (attention,
-    dense FFN, shared and routed experts) init std x m^-1/2 and Adam LR x m^-1, readout and router logits x m^-1,
-    embedding and norms unchanged; m = the parameter's width multiplier,
+    dense FFN, shared and routed experts) init std x m^-1/2, Adam LR x m^-1 and weight decay x m (coupled, so that
+    the decay step lr x wd is the same at every width), readout and router logits x m^-1, embedding and norms
+    unchanged; m = the parameter's width multiplier,
   * 'completep': μP plus depth scaling of the residual branches x L^-alpha with alpha = 1 (CompleteP, Dey et al.
     2025), under which the hidden learning rates need no depth factor (x L^(alpha - 1) = 1),
   * 'metap': every per-group constant and exponent from `config.param_scaling.metap.<group>` and alpha from
@@ -22,14 +23,15 @@ expert-count multiplier m_E:
     forward    x  forward * m_w^forward_width, and x m_L^-alpha on each residual branch's output matrix
                   (attention o, the FFN and expert down projections)
     Adam LR    x  lr * m_w^lr_width * m_L^lr_depth * m_E^lr_experts
+    AdamW weight decay  x  m_w^wd_width   (the decay step is LR x weight decay: wd_width = -lr_width keeps it fixed)
     every LR   x  (B / B_base)^batch_exponent * (T / T_base)^token_exponent   (B = data.batch_size,
                   T = train.steps x B x data.seq_len tokens; mup / completep / metap)
 A base value of 0 means "the model's own" (multiplier 1). At the base shape every factor is exactly 1 and nothing is
 added, so the model and the optimizer are bit-identical to 'standard' (tests/unit/test_parameterization.py).
 
 The factors reach training only as `model.init_multipliers` / `model.forward_multipliers` (the model's init and
-forward pass, llama4_jax/model/multipliers.py) and as per-group entries of `optim.lr_multipliers` plus a scaled
-`optim.learning_rate` (the optimizer): `apply` writes them into a stage's resolved config (train/loop.py).
+forward pass, llama4_jax/model/multipliers.py) and as per-group entries of `optim.lr_multipliers` and
+`optim.weight_decay_multipliers` plus a scaled `optim.learning_rate` (the optimizer): `apply` writes them into a stage's resolved config (train/loop.py).
 """
 
 from __future__ import annotations
@@ -42,7 +44,8 @@ from llama4_jax.config import ConfigError
 KINDS = ("standard", "mup", "completep", "metap")
 GROUPS = ("embedding", "attn_q", "attn_k", "attn_v", "attn_o", "dense_ffn", "shared_expert", "routed_experts",
           "router", "norms", "readout")
-RULE_KEYS = ("init", "init_width", "forward", "forward_width", "lr", "lr_width", "lr_depth", "lr_experts")
+RULE_KEYS = ("init", "init_width", "forward", "forward_width", "lr", "lr_width", "lr_depth", "lr_experts",
+             "wd_width")
 BASE_KEYS = ("hidden_size", "num_attention_heads", "head_dim", "intermediate_size", "intermediate_size_mlp",
              "num_local_experts", "num_hidden_layers", "batch_size", "tokens")
 
@@ -77,9 +80,10 @@ class Rule:
   lr_width: float = 0.0
   lr_depth: float = 0.0
   lr_experts: float = 0.0
+  wd_width: float = 0.0
 
 
-_HIDDEN = Rule(init_width=-0.5, lr_width=-1.0)
+_HIDDEN = Rule(init_width=-0.5, lr_width=-1.0, wd_width=1.0)
 _MUP = {"embedding": Rule(), "attn_q": _HIDDEN, "attn_k": _HIDDEN, "attn_v": _HIDDEN, "attn_o": _HIDDEN,
         "dense_ffn": _HIDDEN, "shared_expert": _HIDDEN, "routed_experts": _HIDDEN,
         "router": Rule(forward_width=-1.0), "norms": Rule(), "readout": Rule(forward_width=-1.0)}
@@ -92,8 +96,9 @@ class Resolved:
   init: tuple = ()
   forward: tuple = ()
   lr: tuple = ()
+  wd: tuple = ()
   lr_scale: float = 1.0
-  table: tuple = ()  # (group, regex, init factor, forward factor, lr factor) for every text parameter kind
+  table: tuple = ()  # (group, regex, init, forward, lr, weight-decay factor) for every text parameter kind
 
 
 def _rules(config) -> tuple[dict[str, Rule], float]:
@@ -166,23 +171,24 @@ def resolve(config) -> Resolved:
     return Resolved()
   mult = multipliers(config)
   section = _section(config)
-  init, forward, lr, table = [], [], [], []
+  init, forward, lr, wd, table = [], [], [], [], []
   for group, pattern, width, residual in LEAVES:
     r, m_w = rules[group], mult[width]
     f_init = r.init * m_w ** r.init_width
     f_forward = r.forward * m_w ** r.forward_width * (mult["depth"] ** -alpha if residual else 1.0)
     f_lr = r.lr * m_w ** r.lr_width * mult["depth"] ** r.lr_depth * mult["experts"] ** r.lr_experts
-    for out, factor in ((init, f_init), (forward, f_forward), (lr, f_lr)):
+    f_wd = m_w ** r.wd_width
+    for out, factor in ((init, f_init), (forward, f_forward), (lr, f_lr), (wd, f_wd)):
       if factor != 1.0:
         out.append((pattern, factor))
-    table.append((group, pattern, f_init, f_forward, f_lr))
+    table.append((group, pattern, f_init, f_forward, f_lr, f_wd))
   lr_scale = mult["batch"] ** float(section["batch_exponent"]) * mult["tokens"] ** float(section["token_exponent"])
-  return Resolved(tuple(init), tuple(forward), tuple(lr), lr_scale, tuple(table))
+  return Resolved(tuple(init), tuple(forward), tuple(lr), tuple(wd), lr_scale, tuple(table))
 
 
 def apply(config) -> Resolved:
   """Writes `config`'s parameterization into it (a stage's own resolved copy): model init / forward multipliers,
-  per-group learning-rate multipliers ahead of the user's `optim.lr_multipliers`, the scaled peak learning rate."""
+  per-group learning-rate and weight-decay multipliers ahead of the user's own, the scaled peak learning rate."""
   r = resolve(config)
   if r.init or r.forward:
     model = config.model
@@ -192,6 +198,10 @@ def apply(config) -> Resolved:
       model.init_multipliers, model.forward_multipliers = init, forward
   if r.lr:
     config.optim.lr_multipliers = r.lr + tuple(tuple(m) for m in config.optim.lr_multipliers)
+  if r.wd:
+    with config.optim.unlocked():  # an optim section written before the key existed lacks it
+      config.optim.weight_decay_multipliers = r.wd + tuple(
+          tuple(m) for m in config.optim.get("weight_decay_multipliers", ()))
   if r.lr_scale != 1.0:
     config.optim.learning_rate = config.optim.learning_rate * r.lr_scale
   return r

@@ -1,5 +1,5 @@
 """optax AdamW with warm-up + cosine / warmup-stable-decay schedules, clipping, a weight-decay mask and
-per-parameter-group learning-rate multipliers chosen by regular expressions on parameter paths.
+per-parameter-group learning-rate and weight-decay multipliers chosen by regular expressions on parameter paths.
 
 Parameter paths are '/'-joined pytree keys, e.g. 'blocks/layer_1/moe/gate' or 'embed'. The multipliers are the hook
 MetaP-style per-layer learning rates plug into.
@@ -65,6 +65,28 @@ def scale_by_tree(factors) -> optax.GradientTransformation:
   return optax.GradientTransformation(init, update)
 
 
+def add_decayed_weights_tree(coefficients) -> optax.GradientTransformation:
+  """Adds coefficient x parameter to each update leaf, with a static per-leaf coefficient (0: no decay)."""
+  def init(params):
+    del params
+    return optax.EmptyState()
+
+  def update(updates, state, params=None):
+    if params is None:
+      raise ValueError("per-parameter weight decay needs the parameters: call tx.update(grads, state, params)")
+    return jax.tree_util.tree_map(lambda u, p, c: u if c == 0.0 else u + jnp.asarray(c, u.dtype) * p, updates,
+                                  params, coefficients), state
+  return optax.GradientTransformation(init, update)
+
+
+def weight_decay_tree(params, weight_decay: float, exclude: Sequence[str], multipliers: Sequence[tuple[str, float]]):
+  """Per-parameter weight-decay coefficient: weight_decay x the product of every matching (regex, factor) pair, and 0
+  for the parameters `exclude` matches."""
+  factors = leaf_factors(params, multipliers)
+  mask = weight_decay_mask(params, exclude)
+  return jax.tree_util.tree_map(lambda f, on: float(weight_decay) * f if on else 0.0, factors, mask)
+
+
 def make_optimizer(optim_cfg, params, total_steps: int):
   """(optax transformation, schedule) from the `config.optim` section."""
   schedule = learning_rate_schedule(optim_cfg.learning_rate, total_steps, optim_cfg.warmup_steps,
@@ -72,9 +94,15 @@ def make_optimizer(optim_cfg, params, total_steps: int):
   parts = []
   if optim_cfg.clip_norm and optim_cfg.clip_norm > 0:
     parts.append(optax.clip_by_global_norm(optim_cfg.clip_norm))
-  parts.append(optax.adamw(schedule, b1=optim_cfg.b1, b2=optim_cfg.b2, eps=optim_cfg.eps,
-                           weight_decay=optim_cfg.weight_decay,
-                           mask=weight_decay_mask(params, tuple(optim_cfg.weight_decay_exclude))))
+  exclude = tuple(optim_cfg.weight_decay_exclude)
+  wd_multipliers = tuple(tuple(m) for m in optim_cfg.get("weight_decay_multipliers", ()))
+  if wd_multipliers:  # AdamW with a per-group decay coefficient (e.g. mu-P's coupled decay: lr x wd width-invariant)
+    parts += [optax.scale_by_adam(b1=optim_cfg.b1, b2=optim_cfg.b2, eps=optim_cfg.eps),
+              add_decayed_weights_tree(weight_decay_tree(params, optim_cfg.weight_decay, exclude, wd_multipliers)),
+              optax.scale_by_learning_rate(schedule)]
+  else:
+    parts.append(optax.adamw(schedule, b1=optim_cfg.b1, b2=optim_cfg.b2, eps=optim_cfg.eps,
+                             weight_decay=optim_cfg.weight_decay, mask=weight_decay_mask(params, exclude)))
   multipliers = tuple(tuple(m) for m in optim_cfg.lr_multipliers)
   if multipliers:
     parts.append(scale_by_tree(lr_multiplier_tree(params, multipliers)))

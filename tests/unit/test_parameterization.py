@@ -96,6 +96,7 @@ def test_mup_and_completep_rules_on_a_twice_wider_twice_deeper_model():
     cfg = _stage(_config(kind, **wide))
     mcfg = model_config(cfg)
     lr = lr_multiplier_tree(params_std, tuple(map(tuple, cfg.optim.lr_multipliers)))
+    wd = leaf_factors(params_std, tuple(map(tuple, cfg.optim.weight_decay_multipliers)))
     init = leaf_factors(params_std, mcfg.init_multipliers)
     fwd = leaf_factors(params_std, mcfg.forward_multipliers)
     params = init_params(mcfg, jax.random.key(0)) if kind == "mup" else None
@@ -110,6 +111,7 @@ def test_mup_and_completep_rules_on_a_twice_wider_twice_deeper_model():
       residual = path.endswith(("attn/o", "down"))
       want_fwd = (0.5 if group == "readout" else 1.0) * (2.0 ** -alpha if residual else 1.0)
       assert get(lr) == pytest.approx(want_lr) and get(init) == pytest.approx(want_init), (kind, path)
+      assert get(lr) * get(wd) == pytest.approx(1.0), (kind, path)  # coupled decay: lr x wd as at the base width
       assert get(fwd) == pytest.approx(want_fwd), (kind, path)
       if params is not None:  # init std x factor: the same draw as standard's, scaled
         np.testing.assert_allclose(get(params), get(params_std) * want_init, rtol=1e-6, atol=0)
@@ -151,6 +153,30 @@ def test_metap_takes_every_constant_and_exponent_from_config():
   assert lr["blocks"]["layer_1"]["moe"]["gate_up"] == pytest.approx(0.5 * 0.5)
   assert not np.any(params["lm_head"]) and float(jnp.std(params["embed"])) == pytest.approx(0.05, rel=0.05)
   assert cfg.optim.learning_rate == pytest.approx(config.optim.learning_rate * 2.0 * 2.0)
+
+
+def test_coupled_weight_decay_keeps_the_decay_step_width_invariant():
+  """With zero gradients an AdamW step is pure decay, -lr x wd x param: under mup a twice-wider model's hidden
+  matrices decay by the base step (LR / 2, decay x 2), the embedding by the base step too, the norms not at all;
+  metap's wd_width sets the exponent."""
+  wide = dict(hidden_size=64, num_attention_heads=8, intermediate_size=32, intermediate_size_mlp=48)
+  for kind, wd_width, want_q in (("mup", None, 1.0), ("metap", 0.0, 0.5), ("metap", 2.0, 2.0)):
+    config = _config(kind, **wide)
+    config.optim.update(schedule="constant", warmup_steps=0, clip_norm=0.0, weight_decay=0.5, learning_rate=0.1)
+    if wd_width is not None:
+      config.param_scaling.metap.attn_q.wd_width = wd_width
+    cfg = _stage(config)
+    params = init_params(model_config(cfg), jax.random.key(0))
+    tx, _ = make_optimizer(cfg.optim, params, 10)
+    zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
+    updates, _ = tx.update(zeros, tx.init(params), params)
+    step = lambda tree: -tree / (0.1 * 0.5)  # noqa: E731  (the step in units of lr x wd x param)
+    q = params["blocks"]["layer_0"]["attn"]["q"]
+    np.testing.assert_allclose(step(updates["blocks"]["layer_0"]["attn"]["q"]), want_q * q, rtol=1e-5)
+    np.testing.assert_allclose(step(updates["blocks"]["layer_1"]["moe"]["gate_up"]), params["blocks"]["layer_1"][
+        "moe"]["gate_up"], rtol=1e-5)
+    np.testing.assert_allclose(step(updates["embed"]), params["embed"], rtol=1e-5)
+    assert not np.any(updates["final_norm"]["scale"])  # excluded from decay ('norm')
 
 
 @pytest.mark.parametrize("change,message", [

@@ -108,6 +108,17 @@ def test_weight_decay_mask_and_lr_multipliers():
   u2, _ = tx2.update(grads, tx2.init(params), params)
   np.testing.assert_allclose(u2["lm_head"], 0.25 * u1["lm_head"], rtol=1e-6)
   np.testing.assert_allclose(u2["embed"], u1["embed"], rtol=1e-6)
+  # Weight-decay multipliers scale only the decay term (zero gradients: the update is -lr x wd x f x param).
+  config = _optim(warmup_steps=0, schedule="constant", clip_norm=0.0, weight_decay=0.5, learning_rate=0.1)
+  config.weight_decay_exclude = ("norm", "^embed$")
+  config.weight_decay_multipliers = (("attn/q$", 3.0),)
+  tx3, _ = opt.make_optimizer(config, params, 10)
+  zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
+  u3, _ = tx3.update(zeros, tx3.init(params), params)
+  q, k = params["blocks"]["layer_0"]["attn"]["q"], params["blocks"]["layer_0"]["attn"]["k"]
+  np.testing.assert_allclose(u3["blocks"]["layer_0"]["attn"]["q"], -0.1 * 0.5 * 3.0 * q, rtol=1e-6)
+  np.testing.assert_allclose(u3["blocks"]["layer_0"]["attn"]["k"], -0.1 * 0.5 * k, rtol=1e-6)
+  assert not np.any(u3["embed"]) and not np.any(u3["final_norm"]["scale"])
 
 
 @pytest.mark.parametrize("kind", ["cosine", "wsd", "constant"])
