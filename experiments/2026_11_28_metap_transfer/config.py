@@ -23,10 +23,13 @@ model of each axis: width 32, depth 4, batch 8.
     every learning rate by sqrt(batch / 8) (`param_scaling.batch_exponent=0.5`).
   * long (with width): the width axis at 1,000 steps (5x), learning rates 2^-10 .. 2^-6 around the 200-step optima,
     seeds 0 and 1 (seed 0's runs first, so a sweep cut short has one whole seed; the seed sets init and data order).
-`metap` uses the CompleteP table of configs/base.py (hidden matrices init x m^-1/2 and Adam LR x m^-1, readout and
-router logits x m^-1, residual branches x L^-1); `standard` uses one learning rate and init std 0.02 everywhere.
+`metap` uses the CompleteP table of configs/base.py (hidden matrices init x m^-1/2, Adam LR x m^-1 and weight
+decay x m, readout and router logits x m^-1, residual branches x L^-1); `standard` uses one learning rate and init std
+0.02 everywhere. The decay coupling (lr x wd the same at every width) came in on 2026-12-06; the sweeps before it ran
+with every hidden matrix's decay step shrinking as 1/m: the token `uncoupled` restores that.
 Variant tokens (comma-separated): a parameterization (standard | mup | completep | metap, default metap), an axis
-(width | depth | batch, default width), `long` (see above), `smoke` (two tiny runs of a few steps, for tests). Results: NOTES.md.
+(width | depth | batch, default width), `long` (see above), `uncoupled` (metap without the decay coupling), `smoke`
+(two tiny runs of a few steps, for tests). Results: NOTES.md.
 """
 
 from configs import base
@@ -45,9 +48,10 @@ LONG_STEPS, LONG_LEARNING_RATES, LONG_SEEDS = 1000, tuple(2.0 ** e for e in (-7,
 
 def _parse(arg: str):
   tokens = [t for t in (arg or "").split(",") if t]
-  unknown = [t for t in tokens if t not in KINDS + AXES + ("long", "smoke")]
+  unknown = [t for t in tokens if t not in KINDS + AXES + ("long", "smoke", "uncoupled")]
   if unknown:
-    raise ValueError(f"unknown variant token(s) {unknown} (parameterizations {KINDS}, axes {AXES}, long, smoke)")
+    raise ValueError(f"unknown variant token(s) {unknown} (parameterizations {KINDS}, axes {AXES}, long, uncoupled, "
+                     "smoke)")
   kind = next((t for t in tokens if t in KINDS), "metap")
   axis = next((t for t in tokens if t in AXES), "width")
   if "long" in tokens and axis != "width":
@@ -80,6 +84,9 @@ def get_config(arg: str = ""):
                                    batch_size=BASE_BATCH)
   if kind == "metap":
     config.param_scaling.batch_exponent = 0.5  # Adam: learning rate ~ sqrt(batch) below the critical batch
+    if "uncoupled" in (arg or "").split(","):  # the weight-decay rule of the sweeps before 2026-12-06
+      for rule in config.param_scaling.metap.values():
+        rule.wd_width = 0.0
   if long:
     config.train.update(steps=LONG_STEPS, eval_every=LONG_STEPS, checkpoint_every=LONG_STEPS // 4)
   if smoke:

@@ -108,6 +108,11 @@ def test_metap_transfer_long_variant_runs_whole_seeds_first_and_summarize_averag
       [{k: v for k, v in r.items() if k != "seed"} for r in runs[half:]]
   with pytest.raises(ValueError, match="width axis only"):
     module.get_config("metap,depth,long")
+  # metap couples the hidden matrices' weight decay to their width LR rule; `uncoupled` (the rule of the sweeps
+  # before 2026-12-06) keeps the decay coefficient fixed
+  for arg, want in (("metap,long", 1.0), ("metap,long,uncoupled", 0.0)):
+    rules = module.get_config(arg).param_scaling.metap
+    assert rules.routed_experts.wd_width == rules.attn_q.wd_width == want and rules.embedding.wd_width == 0.0
   rows = [{"name": f"a{s}", "seed": s, "optim.learning_rate": 0.5, "model.hidden_size": 32,
            "final_train_loss": 1.0 + s, "final_eval_loss": 2.0 + s} for s in (0, 1)]
   rows.append({"name": "b0", "seed": 0, "optim.learning_rate": 0.25, "model.hidden_size": 32,
