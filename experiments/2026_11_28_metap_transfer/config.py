@@ -29,7 +29,8 @@ decay x m, readout and router logits x m^-1, residual branches x L^-1); `standar
 with every hidden matrix's decay step shrinking as 1/m: the token `uncoupled` restores that.
 Variant tokens (comma-separated): a parameterization (standard | mup | completep | metap, default metap), an axis
 (width | depth | batch, default width), `long` (see above), `uncoupled` (metap without the decay coupling), `smoke`
-(two tiny runs of a few steps, for tests). Results: NOTES.md.
+(two tiny runs of a few steps, for tests), and `<group>.<key>=<number>` to set one of metap's per-group constants or
+exponents (e.g. `norms.lr_width=-1`; groups and keys of configs/base.py's param_scaling.metap). Results: NOTES.md.
 """
 
 from configs import base
@@ -46,8 +47,28 @@ BASE_STEPS, BASE_BATCH = 200, 8
 LONG_STEPS, LONG_LEARNING_RATES, LONG_SEEDS = 1000, tuple(2.0 ** e for e in (-7, -8, -6, -9, -10)), (0, 1)
 
 
+def _rule_settings(arg: str) -> dict:
+  """{(group, key): value} from the `<group>.<key>=<number>` tokens of `arg`."""
+  settings = {}
+  for token in (arg or "").split(","):
+    if "=" not in token:
+      continue
+    name, _, value = token.partition("=")
+    group, _, key = name.partition(".")
+    rules = base.param_scaling_config().metap
+    if group not in rules or key not in rules[group]:
+      raise ValueError(f"variant token {token!r}: no param_scaling.metap.{name} (groups {sorted(rules)}, keys "
+                       f"{sorted(rules.embedding)})")
+    try:
+      settings[(group, key)] = float(value)
+    except ValueError:
+      raise ValueError(f"variant token {token!r}: {value!r} is not a number") from None
+  return settings
+
+
 def _parse(arg: str):
-  tokens = [t for t in (arg or "").split(",") if t]
+  _rule_settings(arg)
+  tokens = [t for t in (arg or "").split(",") if t and "=" not in t]
   unknown = [t for t in tokens if t not in KINDS + AXES + ("long", "smoke", "uncoupled")]
   if unknown:
     raise ValueError(f"unknown variant token(s) {unknown} (parameterizations {KINDS}, axes {AXES}, long, uncoupled, "
@@ -87,6 +108,12 @@ def get_config(arg: str = ""):
     if "uncoupled" in (arg or "").split(","):  # the weight-decay rule of the sweeps before 2026-12-06
       for rule in config.param_scaling.metap.values():
         rule.wd_width = 0.0
+  settings = _rule_settings(arg)
+  if settings and kind != "metap":
+    raise ValueError(f"variant tokens {sorted('.'.join(k) for k in settings)} set metap rules; the parameterization "
+                     f"is {kind!r}")
+  for (group, key), value in settings.items():
+    config.param_scaling.metap[group][key] = value
   if long:
     config.train.update(steps=LONG_STEPS, eval_every=LONG_STEPS, checkpoint_every=LONG_STEPS // 4)
   if smoke:

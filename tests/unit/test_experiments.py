@@ -113,6 +113,14 @@ def test_metap_transfer_long_variant_runs_whole_seeds_first_and_summarize_averag
   for arg, want in (("metap,long", 1.0), ("metap,long,uncoupled", 0.0)):
     rules = module.get_config(arg).param_scaling.metap
     assert rules.routed_experts.wd_width == rules.attn_q.wd_width == want and rules.embedding.wd_width == 0.0
+  # any metap constant or exponent from the variant, for sweeps over the rules themselves
+  config = module.get_config("metap,long,norms.lr_width=-1,embedding.lr_width=-0.5")
+  assert (config.param_scaling.metap.norms.lr_width, config.param_scaling.metap.embedding.lr_width) == (-1.0, -0.5)
+  assert module.get_sweep("metap,long,norms.lr_width=-1") == module.get_sweep("metap,long")
+  for arg, message in (("metap,norm.lr_width=-1", "no param_scaling.metap.norm.lr_width"),
+                       ("metap,norms.lr=fast", "'fast' is not a number"), ("standard,norms.lr=2", "set metap rules")):
+    with pytest.raises(ValueError, match=message):
+      module.get_config(arg)
   rows = [{"name": f"a{s}", "seed": s, "optim.learning_rate": 0.5, "model.hidden_size": 32,
            "final_train_loss": 1.0 + s, "final_eval_loss": 2.0 + s} for s in (0, 1)]
   rows.append({"name": "b0", "seed": 0, "optim.learning_rate": 0.25, "model.hidden_size": 32,
