@@ -30,7 +30,8 @@ with every hidden matrix's decay step shrinking as 1/m: the token `uncoupled` re
 Variant tokens (comma-separated): a parameterization (standard | mup | completep | metap, default metap), an axis
 (width | depth | batch, default width), `long` (see above), `uncoupled` (metap without the decay coupling), `smoke`
 (two tiny runs of a few steps, for tests), and `<group>.<key>=<number>` to set one of metap's per-group constants or
-exponents (e.g. `norms.lr_width=-1`; groups and keys of configs/base.py's param_scaling.metap). Results: NOTES.md.
+exponents (e.g. `norms.lr_width=-1`; groups and keys of configs/base.py's param_scaling.metap; the group `hidden`
+stands for all seven hidden-matrix groups, attention q/k/v/o, dense FFN, shared and routed experts). Results: NOTES.md.
 """
 
 from configs import base
@@ -47,8 +48,11 @@ BASE_STEPS, BASE_BATCH = 200, 8
 LONG_STEPS, LONG_LEARNING_RATES, LONG_SEEDS = 1000, tuple(2.0 ** e for e in (-7, -8, -6, -9, -10)), (0, 1)
 
 
+HIDDEN_GROUPS = ("attn_q", "attn_k", "attn_v", "attn_o", "dense_ffn", "shared_expert", "routed_experts")
+
+
 def _rule_settings(arg: str) -> dict:
-  """{(group, key): value} from the `<group>.<key>=<number>` tokens of `arg`."""
+  """{(group, key): value} from the `<group>.<key>=<number>` tokens of `arg` ('hidden': every hidden group)."""
   settings = {}
   for token in (arg or "").split(","):
     if "=" not in token:
@@ -56,13 +60,14 @@ def _rule_settings(arg: str) -> dict:
     name, _, value = token.partition("=")
     group, _, key = name.partition(".")
     rules = base.param_scaling_config().metap
-    if group not in rules or key not in rules[group]:
+    if not (group in rules or group == "hidden") or key not in rules.embedding:
       raise ValueError(f"variant token {token!r}: no param_scaling.metap.{name} (groups {sorted(rules)}, keys "
                        f"{sorted(rules.embedding)})")
     try:
-      settings[(group, key)] = float(value)
+      number = float(value)
     except ValueError:
       raise ValueError(f"variant token {token!r}: {value!r} is not a number") from None
+    settings.update({(g, key): number for g in (HIDDEN_GROUPS if group == "hidden" else (group,))})
   return settings
 
 

@@ -12,6 +12,7 @@ import sys
 import numpy as np
 import pytest
 
+from configs import base
 from llama4_jax import sweep
 from tests.integration import subprocess_env
 
@@ -117,6 +118,10 @@ def test_metap_transfer_long_variant_runs_whole_seeds_first_and_summarize_averag
   config = module.get_config("metap,long,norms.lr_width=-1,embedding.lr_width=-0.5")
   assert (config.param_scaling.metap.norms.lr_width, config.param_scaling.metap.embedding.lr_width) == (-1.0, -0.5)
   assert module.get_sweep("metap,long,norms.lr_width=-1") == module.get_sweep("metap,long")
+  rules = module.get_config("metap,hidden.lr_width=-1.5,hidden.wd_width=1.5").param_scaling.metap
+  assert [rules[g].lr_width for g in module.HIDDEN_GROUPS] == [-1.5] * 7 and rules.router.lr_width == 0.0
+  assert rules.routed_experts.wd_width == 1.5 and rules.embedding.lr_width == rules.norms.lr_width == 0.0
+  assert set(module.HIDDEN_GROUPS) == {g for g, r in base.param_scaling_config().metap.items() if r.lr_width == -1}
   for arg, message in (("metap,norm.lr_width=-1", "no param_scaling.metap.norm.lr_width"),
                        ("metap,norms.lr=fast", "'fast' is not a number"), ("standard,norms.lr=2", "set metap rules")):
     with pytest.raises(ValueError, match=message):
