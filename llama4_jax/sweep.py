@@ -7,7 +7,8 @@
 `python -m llama4_jax.main --config=<file>[:variant] --workdir=<dir>/<run name> --config.<key>=<value> ...`, at most
 `--parallel` at a time. A run that finished has `<dir>/<run name>/sweep_result.json` (its final train and eval
 loss, written when its process exits cleanly) and is skipped when the sweep is run again; a run that was killed
-resumes from its own checkpoints. When all have run, `<dir>/sweep.csv` holds one row per run (its overrides,
+resumes from its own checkpoints; a run another process is training (its workdir lock is held: two sweep processes
+over one directory) is left to it and reported as in use. When all have run, `<dir>/sweep.csv` holds one row per run (its overrides,
 final_train_loss = mean of the last `--tail` logged train losses, final_eval_loss, status) and `<dir>/sweep.png` plots
 final loss against log2 of `--x` (default optim.learning_rate), one curve per value of `--group` (default
 model.hidden_size): the μTransfer plot. The same sweep file can name a mesh (`mesh.*` overrides) for a cluster.
@@ -25,6 +26,8 @@ import re
 import subprocess
 import sys
 from typing import Callable, Sequence
+
+from llama4_jax.train import workdir_lock
 
 RESULT = "sweep_result.json"
 SUMMARY = "summary.json"  # what llama4_jax.train.loop writes when a run has finished every stage
@@ -112,6 +115,8 @@ def run_sweep(config_arg: str, workdir: str, parallel: int = 1, tail: int = 3,
     if os.path.isfile(result_path):
       with open(result_path) as f:
         return {**json.load(f), "status": "skipped"}
+    if workdir_lock.in_use(run_dir):  # another sweep process over this directory is training it
+      return {"name": run_name(overrides), **overrides, "status": "in use (another process is training it)"}
     code = launch(config_arg, run_dir, overrides)
     if code != 0:
       return {"name": run_name(overrides), **overrides, "status": f"failed (exit {code})"}
@@ -244,12 +249,16 @@ def plot(rows: Sequence[dict], path: str, x: str, group: str, metric: str = "fin
   os.replace(path + ".tmp.png", path)
 
 
+def _has_result(row: dict) -> bool:
+  return row.get("status", "done") in ("done", "skipped")
+
+
 def seed_mean(rows: Sequence[dict]) -> list[dict]:
   """One row per setting (every key but seed, name, status and the final_* results) with its final losses averaged
   over the seeds that finished it; 'seeds' = how many did."""
   settings = {}
   for r in rows:
-    if r.get("status", "done").startswith("failed"):
+    if not _has_result(r):
       continue
     key = tuple(sorted((k, v) for k, v in r.items() if k not in ("seed", "name", "status") and
                        not k.startswith("final_")))
@@ -282,7 +291,7 @@ def report(rows: Sequence[dict], workdir: str, x: str, group: str, title: str = 
 def summarize(rows: Sequence[dict], workdir: str, x: str, group: str) -> None:
   """The end-of-sweep printout and workdir/sweep.png. A sweep over several seeds is reported seed by seed, then on
   the losses averaged over the seeds (settings that every seed finished), never mixing seeds in one optimum."""
-  finished = [r for r in rows if not r.get("status", "done").startswith("failed")]
+  finished = [r for r in rows if _has_result(r)]
   seeds = sorted({r.get("seed", 0) for r in finished})
   if len(seeds) <= 1:
     plot(finished, os.path.join(workdir, "sweep.png"), x, group)
@@ -303,9 +312,10 @@ def main(argv):
   rows = run_sweep(f.config, f.workdir, f.parallel, f.tail)
   summarize(rows, f.workdir, f.x, f.group)
   failed = [r["name"] for r in rows if r["status"].startswith("failed")]
+  busy = [r["name"] for r in rows if r["status"].startswith("in use")]
   print(f"{len(rows)} runs: {sum(r['status'] == 'done' for r in rows)} ran, "
-        f"{sum(r['status'] == 'skipped' for r in rows)} already finished, {len(failed)} failed "
-        f"-> {os.path.join(f.workdir, 'sweep.csv')}")
+        f"{sum(r['status'] == 'skipped' for r in rows)} already finished, {len(busy)} in use by another process, "
+        f"{len(failed)} failed -> {os.path.join(f.workdir, 'sweep.csv')}")
   if failed:
     print("failed (see their sweep.log): " + ", ".join(failed), file=sys.stderr)
     sys.exit(1)

@@ -28,7 +28,7 @@ from llama4_jax import parameterization, sharding
 from llama4_jax.config import ConfigError, model_config, to_dict
 from llama4_jax.model import init_params, param_shapes
 from llama4_jax.train import data as train_data
-from llama4_jax.train import distill, dpo_stage, rl_stage, sft
+from llama4_jax.train import distill, dpo_stage, rl_stage, sft, workdir_lock
 from llama4_jax.train.checkpoint import Checkpointer, CheckpointMismatchError
 from llama4_jax.train.console import Progress, summary
 from llama4_jax.train.metrics import MetricsWriter
@@ -338,8 +338,22 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> list[dict]:
   """Runs every stage; returns the per-stage summary rows (also printed)."""
   stages = resolve_stages(config)
   workdir = os.path.abspath(workdir)
-  if jax.process_index() == 0:
-    _check_workdir(workdir, _fingerprint(stages))
+  lock = None
+  if jax.process_index() == 0:  # the processes of one multi-host run share the workdir; process 0 holds the lock
+    lock = workdir_lock.acquire(workdir)
+    try:
+      _check_workdir(workdir, _fingerprint(stages))
+    except BaseException:
+      workdir_lock.release(lock)
+      raise
+  try:
+    return _train_stages(config, stages, workdir)
+  finally:
+    if lock is not None:
+      workdir_lock.release(lock)
+
+
+def _train_stages(config: ConfigDict, stages, workdir: str) -> list[dict]:
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices("workdir checked")
   stop = {"flag": False}

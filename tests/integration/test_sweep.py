@@ -64,6 +64,23 @@ def test_sweep_runs_entries_in_parallel_then_skips_finished_ones(tmp_path, monke
   assert open(os.path.join(workdir, "sweep.png"), "rb").read(4) == b"\x89PNG"
 
 
+def test_a_run_another_process_is_training_is_left_to_it(tmp_path):
+  # Two sweep processes over one directory once trained the same run at once (interleaved metrics, shared
+  # checkpoints): a run whose workdir lock is held is not launched, and rerunning the sweep later launches it.
+  from llama4_jax.train import workdir_lock
+  config, workdir = _experiment(tmp_path), str(tmp_path / "sweep")
+  busy = os.path.join(workdir, "hidden_size=32,learning_rate=2^-7")
+  held = workdir_lock.acquire(busy)
+  launched = []
+  rows = sweep.run_sweep(config, workdir, launch=lambda c, d, o: launched.append(os.path.basename(d)) or 2)
+  assert launched == ["hidden_size=64,learning_rate=2^-5"]
+  assert rows[0]["status"].startswith("in use") and rows[1]["status"] == "failed (exit 2)"
+  assert sweep.seed_mean(rows) == []  # neither has a result
+  workdir_lock.release(held)
+  sweep.run_sweep(config, workdir, launch=lambda c, d, o: launched.append(os.path.basename(d)) or 2)
+  assert launched[1:] == ["hidden_size=32,learning_rate=2^-7", "hidden_size=64,learning_rate=2^-5"]
+
+
 def test_failed_runs_are_reported_and_retried(tmp_path):
   config, workdir = _experiment(tmp_path), str(tmp_path / "sweep")
   rows = sweep.run_sweep(config, workdir, launch=lambda *a: 2)

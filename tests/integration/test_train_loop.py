@@ -13,6 +13,7 @@ import pytest
 
 from configs import default as default_config
 from llama4_jax.train import data as train_data
+from llama4_jax.train import workdir_lock
 from llama4_jax.train.checkpoint import CheckpointMismatchError
 from llama4_jax.train.loop import train_and_evaluate
 from llama4_jax.train.metrics import read_metrics
@@ -165,6 +166,15 @@ def test_bad_stage_override_and_incompatible_workdir(tmp_path):
   other.model.hidden_size = 32
   with pytest.raises(CheckpointMismatchError, match="incompatible"):
     train_and_evaluate(other, workdir)
+  # One training process per workdir: while another holds the lock a run is refused before any work, naming the
+  # workdir and the holder's pid; the runs above released it, by finishing and by failing.
+  held = workdir_lock.acquire(workdir)
+  try:
+    with pytest.raises(workdir_lock.WorkdirInUseError, match=rf"{workdir} is in use .*\(pid {os.getpid()}\)"):
+      train_and_evaluate(config, workdir)
+  finally:
+    workdir_lock.release(held)
+  assert not workdir_lock.in_use(workdir)
 
 
 def test_loss_falls_and_stages_chain(tmp_path):
