@@ -45,7 +45,8 @@ def param_scaling_config():
   m_E^lr_experts, AdamW weight decay x m_w^wd_width; residual branches x m_L^-depth_alpha; every LR x
   (B/B_base)^batch_exponent (T/T_base)^token_exponent. The metap defaults are CompleteP's values (mup / completep
   ignore them): hidden matrices' decay x m_w, so that the decay step lr x wd does not change with width (MuAdamW)."""
-  hidden = lambda: _rule(init_width=-0.5, lr_width=-1.0, wd_width=1.0)  # noqa: E731  (a new dict each: ConfigDict would alias one)
+  # a new dict each call: ConfigDict would alias one
+  hidden = lambda: _rule(init_width=-0.5, lr_width=-1.0, wd_width=1.0)  # noqa: E731
   return ml_collections.ConfigDict(dict(
       base=dict(hidden_size=0, num_attention_heads=0, head_dim=0, intermediate_size=0, intermediate_size_mlp=0,
                 num_local_experts=0, num_hidden_layers=0, batch_size=0, tokens=0),

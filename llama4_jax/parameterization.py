@@ -31,7 +31,8 @@ added, so the model and the optimizer are bit-identical to 'standard' (tests/uni
 
 The factors reach training only as `model.init_multipliers` / `model.forward_multipliers` (the model's init and
 forward pass, llama4_jax/model/multipliers.py) and as per-group entries of `optim.lr_multipliers` and
-`optim.weight_decay_multipliers` plus a scaled `optim.learning_rate` (the optimizer): `apply` writes them into a stage's resolved config (train/loop.py).
+`optim.weight_decay_multipliers` plus a scaled `optim.learning_rate` (the optimizer): `apply` writes them into a
+stage's resolved config (train/loop.py).
 """
 
 from __future__ import annotations

@@ -8,10 +8,10 @@
 `--parallel` at a time. A run that finished has `<dir>/<run name>/sweep_result.json` (its final train and eval
 loss, written when its process exits cleanly) and is skipped when the sweep is run again; a run that was killed
 resumes from its own checkpoints; a run another process is training (its workdir lock is held: two sweep processes
-over one directory) is left to it and reported as in use. When all have run, `<dir>/sweep.csv` holds one row per run (its overrides,
-final_train_loss = mean of the last `--tail` logged train losses, final_eval_loss, status) and `<dir>/sweep.png` plots
-final loss against log2 of `--x` (default optim.learning_rate), one curve per value of `--group` (default
-model.hidden_size): the μTransfer plot. The same sweep file can name a mesh (`mesh.*` overrides) for a cluster.
+over one directory) is left to it and reported as in use. When all have run, `<dir>/sweep.csv` holds one row per
+run (its overrides, final_train_loss = mean of the last `--tail` logged train losses, final_eval_loss, status) and
+`<dir>/sweep.png` plots final loss against log2 of `--x` (default optim.learning_rate), one curve per value of
+`--group` (default model.hidden_size): the μTransfer plot. The same sweep file can name a mesh (`mesh.*` overrides) for a cluster.
 """
 
 from __future__ import annotations
