@@ -53,13 +53,12 @@ HIDDEN_GROUPS = ("attn_q", "attn_k", "attn_v", "attn_o", "dense_ffn", "shared_ex
 
 def _rule_settings(arg: str) -> dict:
   """{(group, key): value} from the `<group>.<key>=<number>` tokens of `arg` ('hidden': every hidden group)."""
-  settings = {}
+  settings, rules = {}, base.param_scaling_config().metap
   for token in (arg or "").split(","):
     if "=" not in token:
       continue
     name, _, value = token.partition("=")
     group, _, key = name.partition(".")
-    rules = base.param_scaling_config().metap
     if not (group in rules or group == "hidden") or key not in rules.embedding:
       raise ValueError(f"variant token {token!r}: no param_scaling.metap.{name} (groups {sorted(rules)}, keys "
                        f"{sorted(rules.embedding)})")
