@@ -209,7 +209,10 @@ def wider_is_better(workdir: str, rows: Sequence[dict], x: str, group: str, skip
   """For each swept x (e.g. learning rate) at which every group value finished: at each logged step past
   `skip_steps` (step 1 is the untrained model: its order is chance), is the train loss strictly lower for every
   larger group value? Returns {x value: {"steps": steps compared, "violations": [(step, smaller g, larger g, their
-  losses)]}}. The runs see the same batches in the same order, so each step compares the models on one batch."""
+  losses)], "in_order_from": the first compared step from which every later compared step is in order (None when the
+  last one is not), "max_inversion": the largest amount by which a larger group value's loss exceeds (or ties) the
+  next smaller one's (0.0 without violations)}}. The runs see the same batches in the same order, so each step
+  compares the models on one batch."""
   by_x = {}
   for r in rows:
     if x in r and r.get("status", "done") in ("done", "skipped") and math.isfinite(r.get("final_train_loss", math.nan)):
@@ -223,7 +226,10 @@ def wider_is_better(workdir: str, rows: Sequence[dict], x: str, group: str, skip
     steps = sorted(set.intersection(*(set(c) for c in curves)) - set(range(skip_steps + 1)))
     violations = [(s, groups[i], groups[i + 1], curves[i][s], curves[i + 1][s])
                   for s in steps for i in range(len(groups) - 1) if not curves[i + 1][s] < curves[i][s]]
-    out[xv] = {"steps": len(steps), "violations": violations}
+    last_bad = max((v[0] for v in violations), default=None)
+    later = [t for t in steps if last_bad is None or t > last_bad]
+    out[xv] = {"steps": len(steps), "violations": violations, "in_order_from": later[0] if later else None,
+               "max_inversion": max((v[4] - v[3] for v in violations), default=0.0)}
   return out
 
 
@@ -285,7 +291,8 @@ def report(rows: Sequence[dict], workdir: str, x: str, group: str, title: str = 
   for xv, res in wider_is_better(workdir, rows, x, group).items():
     bad = res["violations"]
     print(f"{x}={xv:g}: larger {group} lower train loss at every one of {res['steps']} logged steps"
-          if not bad else f"{x}={xv:g}: {len(bad)} violations in {res['steps']} steps, first {bad[0]}")
+          if not bad else f"{x}={xv:g}: {len(bad)} violations in {res['steps']} steps, first {bad[0]}, in order "
+          f"from step {res['in_order_from']}, largest inversion {res['max_inversion']:.4f}")
 
 
 def summarize(rows: Sequence[dict], workdir: str, x: str, group: str) -> None:

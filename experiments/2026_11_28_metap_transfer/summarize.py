@@ -58,13 +58,16 @@ def table(workdir: str, group: str, x: str = "optim.learning_rate", rows: list[d
   if not wider:
     return "\n".join(lines)
   lines += [f"Larger {name}, lower train loss: logged steps out of {next(iter(wider.values()))['steps']} "
-            f"(every {name} in order / per adjacent pair):", ""]
-  lines += ["| LR | all in order | " + " | ".join(f"{a} -> {b}" for a, b in pairs) + " |",
-            "|---|---|" + "---|" * len(pairs)]
+            f"(every {name} in order / per adjacent pair); the step from which every logged step is in order; the "
+            "largest inversion (a larger model's loss minus the next smaller one's):", ""]
+  lines += ["| LR | all in order | " + " | ".join(f"{a} -> {b}" for a, b in pairs) + " | in order from step | "
+            "largest inversion |", "|---|---|" + "---|" * len(pairs) + "---|---|"]
   for xv, res in sorted(wider.items()):
     n_bad = len({v[0] for v in res["violations"]})
     per_pair = [res["steps"] - sum(1 for v in res["violations"] if (v[1], v[2]) == p) for p in pairs]
-    lines.append(f"| 2^{math.log2(xv):g} | {res['steps'] - n_bad} | " + " | ".join(map(str, per_pair)) + " |")
+    start = "never" if res["in_order_from"] is None else res["in_order_from"]
+    lines.append(f"| 2^{math.log2(xv):g} | {res['steps'] - n_bad} | " + " | ".join(map(str, per_pair))
+                 + f" | {start} | {res['max_inversion']:.3f} |")
   return "\n".join(lines)
 
 

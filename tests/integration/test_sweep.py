@@ -160,17 +160,23 @@ def test_wider_is_better_compares_every_logged_step(tmp_path):
   workdir = str(tmp_path)
   rows = []
   curves = {(0.01, 32): {1: 8.0, 10: 6.0, 20: 5.0}, (0.01, 64): {1: 8.1, 10: 5.5, 20: 4.5},
-            (0.1, 32): {1: 8.0, 10: 6.0, 20: 5.0}, (0.1, 64): {1: 7.9, 10: 6.2, 20: 4.0}}
+            (0.1, 32): {1: 8.0, 10: 6.0, 20: 5.0}, (0.1, 64): {1: 7.9, 10: 6.2, 20: 4.0},
+            (1.0, 32): {1: 8.0, 10: 6.0, 20: 5.0}, (1.0, 64): {1: 8.0, 10: 5.0, 20: 5.0}}
   for (lr, w), losses in curves.items():
     name = f"lr={lr},w={w}"
     _fake_run(workdir, name, losses)
     rows.append({"name": name, "lr": lr, "w": w, "final_train_loss": losses[20], "status": "done"})
   res = sweep.wider_is_better(workdir, rows, "lr", "w")
-  assert res[0.01] == {"steps": 2, "violations": []}  # step 1 (untrained) is not compared
-  assert res[0.1] == {"steps": 2, "violations": [(10, 32, 64, 6.0, 6.2)]}
+  # step 1 (untrained) is not compared
+  assert res[0.01] == {"steps": 2, "violations": [], "in_order_from": 10, "max_inversion": 0.0}
+  assert res[0.1] == {"steps": 2, "violations": [(10, 32, 64, 6.0, 6.2)], "in_order_from": 20,
+                      "max_inversion": pytest.approx(0.2)}
+  # a tie is a violation; out of order at the last step: in order from no step
+  assert res[1.0] == {"steps": 2, "violations": [(20, 32, 64, 5.0, 5.0)], "in_order_from": None,
+                      "max_inversion": 0.0}
   # an x value where some width did not finish is not judged
   rows[3]["status"] = "failed (exit 1)"
-  assert list(sweep.wider_is_better(workdir, rows, "lr", "w")) == [0.01]
+  assert list(sweep.wider_is_better(workdir, rows, "lr", "w")) == [0.01, 1.0]
 
 
 def test_summary_of_a_two_seed_sweep_reports_each_seed_then_the_mean(tmp_path, capsys):
