@@ -93,7 +93,7 @@ def main():
     if args.plots:
       kind = os.path.basename(os.path.normpath(w)).split("_")[-1]
       path = os.path.join(args.plots, f"sweep_{args.axis}_{kind}{'_seed_mean' if len(seeds) > 1 else ''}.png")
-      sweep.plot(rows if len(seeds) == 1 else sweep.seed_mean(rows), path, "optim.learning_rate", args.group)
+      sweep.plot(rows if len(seeds) == 1 else mean, path, "optim.learning_rate", args.group)
       print(f"plot: {path}\n")
 
 
