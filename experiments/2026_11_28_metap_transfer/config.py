@@ -31,7 +31,11 @@ Variant tokens (comma-separated): a parameterization (standard | mup | completep
 (width | depth | batch, default width), `long` (see above), `uncoupled` (metap without the decay coupling), `smoke`
 (two tiny runs of a few steps, for tests), and `<group>.<key>=<number>` to set one of metap's per-group constants or
 exponents (e.g. `norms.lr_width=-1`; groups and keys of configs/base.py's param_scaling.metap; the group `hidden`
-stands for all seven hidden-matrix groups, attention q/k/v/o, dense FFN, shared and routed experts). Results: NOTES.md.
+stands for all seven hidden-matrix groups, attention q/k/v/o, dense FFN, shared and routed experts). Three tokens
+pick part of a sweep (the runs keep the names they have in the whole one): `lr=<a>:<b>` the learning rates 2^a..2^b
+(integers, both included) in place of the axis's grid, `seed=<n>` one seed (`long`; on the other axes n > 0 adds it
+to each run, which otherwise trains with the config's seed 0), `width=<w>` the runs of one hidden size. Results:
+NOTES.md.
 """
 
 from configs import base
@@ -51,11 +55,32 @@ LONG_STEPS, LONG_LEARNING_RATES, LONG_SEEDS = 1000, tuple(2.0 ** e for e in (-7,
 HIDDEN_GROUPS = ("attn_q", "attn_k", "attn_v", "attn_o", "dense_ffn", "shared_expert", "routed_experts")
 
 
+SELECTORS = ("lr", "seed", "width")
+
+
+def _selection(arg: str) -> dict:
+  """{'lr': (a, b), 'seed': n, 'width': w} from the variant's `lr=a:b`, `seed=n`, `width=w` tokens."""
+  out = {}
+  for token in (arg or "").split(","):
+    name, _, value = token.partition("=")
+    if name not in SELECTORS or not _:
+      continue
+    try:
+      parts = tuple(int(v) for v in value.split(":"))
+    except ValueError:
+      raise ValueError(f"variant token {token!r}: {value!r} is not {'a:b (integers)' if name == 'lr' else 'an integer'}"
+                       ) from None
+    if len(parts) != (2 if name == "lr" else 1) or (name == "lr" and parts[0] > parts[1]):
+      raise ValueError(f"variant token {token!r}: want {'lr=a:b with a <= b' if name == 'lr' else name + '=<integer>'}")
+    out[name] = parts if name == "lr" else parts[0]
+  return out
+
+
 def _rule_settings(arg: str) -> dict:
   """{(group, key): value} from the `<group>.<key>=<number>` tokens of `arg` ('hidden': every hidden group)."""
   settings, rules = {}, base.param_scaling_config().metap
   for token in (arg or "").split(","):
-    if "=" not in token:
+    if "=" not in token or token.partition("=")[0] in SELECTORS:
       continue
     name, _, value = token.partition("=")
     group, _, key = name.partition(".")
@@ -72,6 +97,7 @@ def _rule_settings(arg: str) -> dict:
 
 def _parse(arg: str):
   _rule_settings(arg)
+  _selection(arg)
   tokens = [t for t in (arg or "").split(",") if t and "=" not in t]
   unknown = [t for t in tokens if t not in KINDS + AXES + ("long", "smoke", "uncoupled")]
   if unknown:
@@ -129,20 +155,36 @@ def get_config(arg: str = ""):
 
 def get_sweep(arg: str = ""):
   _, axis, smoke, long = _parse(arg)
+  select = _selection(arg)
+  runs = _whole_sweep(axis, smoke, long, select)
+  if "width" in select:
+    runs = [r for r in runs if r.get("model.hidden_size") == select["width"]]
+  if not runs:
+    raise ValueError(f"variant {arg!r} selects no run of the sweep")
+  return runs
+
+
+def _whole_sweep(axis: str, smoke: bool, long: bool, select: dict) -> list[dict]:
+  lo_hi = select.get("lr")
+  if lo_hi:  # middle out, as the grids below
+    mid = (lo_hi[0] + lo_hi[1]) / 2
+    rates = tuple(2.0 ** e for e in sorted(range(lo_hi[0], lo_hi[1] + 1), key=lambda e: (abs(e - mid), e)))
   if long:  # the schedule's horizon is the run's steps: the same cosine, stretched
+    seeds = (select["seed"],) if "seed" in select else LONG_SEEDS
     return [{"seed": seed, "optim.learning_rate": lr, **width_overrides(w)}
-            for seed in LONG_SEEDS for lr in LONG_LEARNING_RATES for w in WIDTHS]
+            for seed in seeds for lr in (rates if lo_hi else LONG_LEARNING_RATES) for w in WIDTHS]
   if smoke:
     return [{"optim.learning_rate": 2.0 ** -7, **width_overrides(64)},
             {"optim.learning_rate": 2.0 ** -6, **width_overrides(128)}]
   runs = []
-  for lr in LEARNING_RATES:
+  seed = {"seed": select["seed"]} if select.get("seed") else {}
+  for lr in (rates if lo_hi else LEARNING_RATES):
     if axis == "width":
-      runs += [{"optim.learning_rate": lr, **width_overrides(w)} for w in WIDTHS]
+      runs += [{"optim.learning_rate": lr, **width_overrides(w), **seed} for w in WIDTHS]
     elif axis == "depth":
-      runs += [{"optim.learning_rate": lr, **width_overrides(64), "model.num_hidden_layers": d} for d in DEPTHS]
+      runs += [{"optim.learning_rate": lr, **width_overrides(64), "model.num_hidden_layers": d, **seed} for d in DEPTHS]
     else:
-      runs += [{"optim.learning_rate": lr, **width_overrides(64), "data.batch_size": b,
+      runs += [{"optim.learning_rate": lr, **width_overrides(64), "data.batch_size": b, **seed,
                 "train.steps": BASE_STEPS * BASE_BATCH // b, "train.eval_every": BASE_STEPS * BASE_BATCH // b,
                 "train.checkpoint_every": BASE_STEPS * BASE_BATCH // b} for b in BATCHES]
   return runs

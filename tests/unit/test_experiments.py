@@ -126,6 +126,20 @@ def test_metap_transfer_long_variant_runs_whole_seeds_first_and_summarize_averag
                        ("metap,norms.lr=fast", "'fast' is not a number"), ("standard,norms.lr=2", "set metap rules")):
     with pytest.raises(ValueError, match=message):
       module.get_config(arg)
+  # part of a sweep by learning-rate range, seed and width; the runs keep their names in the whole sweep
+  whole = {sweep.run_name(r) for r in module.get_sweep("metap,long")}
+  part = module.get_sweep("metap,long,lr=-8:-7,seed=1,width=64,hidden.lr=0.25")
+  assert sorted((r["optim.learning_rate"], r["seed"], r["model.hidden_size"]) for r in part) == \
+      [(2.0 ** -8, 1, 64), (2.0 ** -7, 1, 64)]
+  assert {sweep.run_name(r) for r in part} <= whole
+  assert module.get_config("metap,long,lr=-8:-7,seed=1,width=64") == module.get_config("metap,long")
+  beyond = module.get_sweep("metap,depth,lr=-5:-4,seed=1")
+  assert sorted({r["optim.learning_rate"] for r in beyond}) == [2.0 ** -5, 2.0 ** -4] and len(beyond) == 6
+  assert {r["seed"] for r in beyond} == {1} and "seed" not in module.get_sweep("metap,depth,seed=0")[0]
+  for arg, message in (("metap,lr=-4:-6", "a <= b"), ("metap,long,seed=one", "'one' is not an integer"),
+                       ("metap,long,width=48", "selects no run")):
+    with pytest.raises(ValueError, match=message):
+      module.get_sweep(arg)
   rows = [{"name": f"a{s}", "seed": s, "optim.learning_rate": 0.5, "model.hidden_size": 32,
            "final_train_loss": 1.0 + s, "final_eval_loss": 2.0 + s} for s in (0, 1)]
   rows.append({"name": "b0", "seed": 0, "optim.learning_rate": 0.25, "model.hidden_size": 32,
