@@ -62,8 +62,8 @@ def _selection(arg: str) -> dict:
   """{'lr': (a, b), 'seed': n, 'width': w} from the variant's `lr=a:b`, `seed=n`, `width=w` tokens."""
   out = {}
   for token in (arg or "").split(","):
-    name, _, value = token.partition("=")
-    if name not in SELECTORS or not _:
+    name, sep, value = token.partition("=")
+    if not sep or name not in SELECTORS:
       continue
     try:
       parts = tuple(int(v) for v in value.split(":"))
