@@ -23,19 +23,21 @@ model of each axis: width 32, depth 4, batch 8.
     every learning rate by sqrt(batch / 8) (`param_scaling.batch_exponent=0.5`).
   * long (with width): the width axis at 1,000 steps (5x), learning rates 2^-10 .. 2^-6 around the 200-step optima,
     seeds 0 and 1 (seed 0's runs first, so a sweep cut short has one whole seed; the seed sets init and data order).
+  * long with batch: the batch axis at 5x the tokens (1,000 steps of 8 rows, 250 of 32), the warm-up fixed in
+    tokens (20 steps of 8 rows, 5 of 32) rather than in steps, the same learning rates and seeds as long.
 `metap` uses the CompleteP table of configs/base.py (hidden matrices init x m^-1/2, Adam LR x m^-1 and weight
 decay x m, readout and router logits x m^-1, residual branches x L^-1); `standard` uses one learning rate and init std
 0.02 everywhere. The decay coupling (lr x wd the same at every width) came in on 2026-12-06; the sweeps before it ran
 with every hidden matrix's decay step shrinking as 1/m: the token `uncoupled` restores that.
 Variant tokens (comma-separated): a parameterization (standard | mup | completep | metap, default metap), an axis
-(width | depth | batch, default width), `long` (see above), `uncoupled` (metap without the decay coupling), `smoke`
-(two tiny runs of a few steps, for tests), and `<group>.<key>=<number>` to set one of metap's per-group constants or
-exponents (e.g. `norms.lr_width=-1`; groups and keys of configs/base.py's param_scaling.metap; the group `hidden`
-stands for all seven hidden-matrix groups, attention q/k/v/o, dense FFN, shared and routed experts). Three tokens
-pick part of a sweep (the runs keep the names they have in the whole one): `lr=<a>:<b>` the learning rates 2^a..2^b
-(integers, both included) in place of the axis's grid, `seed=<n>` one seed (`long`; on the other axes n > 0 adds it
-to each run, which otherwise trains with the config's seed 0), `width=<w>` the runs of one hidden size. Results:
-NOTES.md.
+(width | depth | batch, default width), `long` (width or batch; see above), `uncoupled` (metap without the decay
+coupling), `smoke` (two tiny runs of a few steps, for tests), and `<group>.<key>=<number>` to set one of metap's
+per-group constants or exponents (e.g. `norms.lr_width=-1`; groups and keys of configs/base.py's param_scaling.metap;
+the group `hidden` stands for all seven hidden-matrix groups, attention q/k/v/o, dense FFN, shared and routed
+experts). Three tokens pick part of a sweep (the runs keep the names they have in the whole one): `lr=<a>:<b>` the
+learning rates 2^a..2^b (integers, both included) in place of the axis's grid, `seed=<n>` one seed (`long`; on the
+other axes n > 0 adds it to each run, which otherwise trains with the config's seed 0), `width=<w>` the runs of one
+hidden size. Results: NOTES.md.
 """
 
 from configs import base
@@ -48,7 +50,7 @@ WIDTHS = (32, 64, 128, 256)
 HEAD_DIM = 16
 DEPTHS = (4, 8, 16)
 BATCHES = (8, 16, 32)
-BASE_STEPS, BASE_BATCH = 200, 8
+BASE_STEPS, BASE_BATCH, BASE_WARMUP = 200, 8, 20
 LONG_STEPS, LONG_LEARNING_RATES, LONG_SEEDS = 1000, tuple(2.0 ** e for e in (-7, -8, -6, -9, -10)), (0, 1)
 
 
@@ -105,8 +107,8 @@ def _parse(arg: str):
                      "smoke)")
   kind = next((t for t in tokens if t in KINDS), "metap")
   axis = next((t for t in tokens if t in AXES), "width")
-  if "long" in tokens and axis != "width":
-    raise ValueError(f"variant 'long' is defined for the width axis only, got axis {axis!r}")
+  if "long" in tokens and axis == "depth":
+    raise ValueError(f"variant 'long' is defined for the width and batch axes only, got axis {axis!r}")
   return kind, axis, "smoke" in tokens, "long" in tokens
 
 
@@ -123,7 +125,7 @@ def get_config(arg: str = ""):
   for key, value in width_overrides(WIDTHS[0]).items():
     config.model[key.split(".")[1]] = value
   config.data.update(seq_len=128, batch_size=BASE_BATCH, eval_batches=4)
-  config.optim.update(learning_rate=2.0 ** -8, warmup_steps=20, schedule="cosine", min_lr_ratio=0.1)
+  config.optim.update(learning_rate=2.0 ** -8, warmup_steps=BASE_WARMUP, schedule="cosine", min_lr_ratio=0.1)
   config.train.update(steps=BASE_STEPS, log_every=10, eval_every=BASE_STEPS, checkpoint_every=BASE_STEPS,
                       tensorboard=False, progress=False)
   config.parameterization = kind
@@ -171,8 +173,11 @@ def _whole_sweep(axis: str, smoke: bool, long: bool, select: dict) -> list[dict]
     rates = tuple(2.0 ** e for e in sorted(range(lo_hi[0], lo_hi[1] + 1), key=lambda e: (abs(e - mid), e)))
   if long:  # the schedule's horizon is the run's steps: the same cosine, stretched
     seeds = (select["seed"],) if "seed" in select else LONG_SEEDS
-    return [{"seed": seed, "optim.learning_rate": lr, **width_overrides(w)}
-            for seed in seeds for lr in (rates if lo_hi else LONG_LEARNING_RATES) for w in WIDTHS]
+    if axis == "width":
+      return [{"seed": seed, "optim.learning_rate": lr, **width_overrides(w)}
+              for seed in seeds for lr in (rates if lo_hi else LONG_LEARNING_RATES) for w in WIDTHS]
+    return [{"seed": seed, "optim.learning_rate": lr, **width_overrides(64), **batch_overrides(b, LONG_STEPS)}
+            for seed in seeds for lr in (rates if lo_hi else LONG_LEARNING_RATES) for b in BATCHES]
   if smoke:
     return [{"optim.learning_rate": 2.0 ** -7, **width_overrides(64)},
             {"optim.learning_rate": 2.0 ** -6, **width_overrides(128)}]
@@ -188,3 +193,11 @@ def _whole_sweep(axis: str, smoke: bool, long: bool, select: dict) -> list[dict]
                 "train.steps": BASE_STEPS * BASE_BATCH // b, "train.eval_every": BASE_STEPS * BASE_BATCH // b,
                 "train.checkpoint_every": BASE_STEPS * BASE_BATCH // b} for b in BATCHES]
   return runs
+
+
+def batch_overrides(batch: int, base_steps: int) -> dict:
+  """`batch` rows a step for the tokens of `base_steps` steps of BASE_BATCH rows, with the warm-up fixed in tokens
+  (BASE_WARMUP steps of BASE_BATCH rows): every batch size sees the same learning-rate schedule per token."""
+  steps = base_steps * BASE_BATCH // batch
+  return {"data.batch_size": batch, "train.steps": steps, "train.eval_every": steps,
+          "train.checkpoint_every": steps // 4, "optim.warmup_steps": BASE_WARMUP * BASE_BATCH // batch}

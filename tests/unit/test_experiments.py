@@ -107,8 +107,20 @@ def test_metap_transfer_long_variant_runs_whole_seeds_first_and_summarize_averag
   assert {r["seed"] for r in runs[:half]} == {0} and {r["seed"] for r in runs[half:]} == {1}
   assert [{k: v for k, v in r.items() if k != "seed"} for r in runs[:half]] == \
       [{k: v for k, v in r.items() if k != "seed"} for r in runs[half:]]
-  with pytest.raises(ValueError, match="width axis only"):
+  with pytest.raises(ValueError, match="width and batch axes only"):
     module.get_config("metap,depth,long")
+  # long on the batch axis: the same tokens at every batch size, the warm-up fixed in tokens; its base-batch runs
+  # are the width sweep's width-64 runs (every override is that config's default)
+  batch = module.get_sweep("metap,batch,long")
+  assert sorted({r["data.batch_size"] for r in batch}) == [8, 16, 32] and [r["seed"] for r in batch[:1]] == [0]
+  assert {r["data.batch_size"] * r["train.steps"] for r in batch} == {8 * module.get_config("metap,long").train.steps}
+  assert {r["data.batch_size"] * r["optim.warmup_steps"] for r in batch} == {8 * 20}
+  assert {r["train.eval_every"] - r["train.steps"] for r in batch} == {0}
+  base_runs = [r for r in batch if r["data.batch_size"] == 8]
+  config = module.get_config("metap,batch,long")
+  assert all(config[k.split(".")[0]][k.split(".")[1]] == v for r in base_runs for k, v in r.items()
+             if k.startswith(("data.", "train.", "optim.warmup")))
+  assert config == module.get_config("metap,long")
   # metap couples the hidden matrices' weight decay to their width LR rule; `uncoupled` (the rule of the sweeps
   # before 2026-12-06) keeps the decay coefficient fixed
   for arg, want in (("metap,long", 1.0), ("metap,long,uncoupled", 0.0)):
