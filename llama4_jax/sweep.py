@@ -212,7 +212,8 @@ def wider_is_better(workdir: str, rows: Sequence[dict], x: str, group: str, skip
   losses)], "in_order_from": the first compared step from which every later compared step is in order (None when the
   last one is not), "max_inversion": the largest amount by which a larger group value's loss exceeds (or ties) the
   next smaller one's (0.0 without violations)}}. The runs see the same batches in the same order, so each step
-  compares the models on one batch."""
+  compares the models on one batch. An x value whose runs end at different steps (a batch-size sweep at a fixed
+  token budget: step k is a different amount of data per run) is not judged."""
   by_x = {}
   for r in rows:
     if x in r and r.get("status", "done") in ("done", "skipped") and math.isfinite(r.get("final_train_loss", math.nan)):
@@ -223,6 +224,8 @@ def wider_is_better(workdir: str, rows: Sequence[dict], x: str, group: str, skip
     if sorted(names) != groups:
       continue
     curves = [train_curve(os.path.join(workdir, names[g])) for g in groups]
+    if len({max(c, default=0) for c in curves}) > 1:
+      continue
     steps = sorted(set.intersection(*(set(c) for c in curves)) - set(range(skip_steps + 1)))
     violations = [(s, groups[i], groups[i + 1], curves[i][s], curves[i + 1][s])
                   for s in steps for i in range(len(groups) - 1) if not curves[i + 1][s] < curves[i][s]]

@@ -177,6 +177,10 @@ def test_wider_is_better_compares_every_logged_step(tmp_path):
   # an x value where some width did not finish is not judged
   rows[3]["status"] = "failed (exit 1)"
   assert list(sweep.wider_is_better(workdir, rows, "lr", "w")) == [0.01, 1.0]
+  # runs of different lengths (batch sizes over one token budget) are not compared step by step
+  _fake_run(workdir, "short", {1: 8.0, 10: 4.0})
+  rows[3] = {"name": "short", "lr": 0.1, "w": 64, "final_train_loss": 4.0, "status": "done"}
+  assert list(sweep.wider_is_better(workdir, rows, "lr", "w")) == [0.01, 1.0]
 
 
 def test_summary_of_a_two_seed_sweep_reports_each_seed_then_the_mean(tmp_path, capsys):
