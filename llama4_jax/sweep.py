@@ -205,6 +205,12 @@ def train_curve(run_dir: str) -> dict[int, float]:
   return curve
 
 
+def _mean_curve(curves: Sequence[dict[int, float]]) -> dict[int, float]:
+  """The step-by-step mean of several runs' train curves over the steps all of them logged."""
+  steps = set.intersection(*(set(c) for c in curves))
+  return {s: sum(c[s] for c in curves) / len(curves) for s in sorted(steps)}
+
+
 def wider_is_better(workdir: str, rows: Sequence[dict], x: str, group: str, skip_steps: int = 1) -> dict:
   """For each swept x (e.g. learning rate) at which every group value finished: at each logged step past
   `skip_steps` (step 1 is the untrained model: its order is chance), is the train loss strictly lower for every
@@ -213,17 +219,18 @@ def wider_is_better(workdir: str, rows: Sequence[dict], x: str, group: str, skip
   last one is not), "max_inversion": the largest amount by which a larger group value's loss exceeds (or ties) the
   next smaller one's (0.0 without violations)}}. The runs see the same batches in the same order, so each step
   compares the models on one batch. An x value whose runs end at different steps (a batch-size sweep at a fixed
-  token budget: step k is a different amount of data per run) is not judged."""
+  token budget: step k is a different amount of data per run) is not judged. A row of `seed_mean` (its 'names': one
+  run per seed) stands for its runs' curves averaged step by step."""
   by_x = {}
   for r in rows:
     if x in r and r.get("status", "done") in ("done", "skipped") and math.isfinite(r.get("final_train_loss", math.nan)):
-      by_x.setdefault(r[x], {})[r.get(group)] = r["name"]
+      by_x.setdefault(r[x], {})[r.get(group)] = r["names"] if "names" in r else [r["name"]]
   groups = sorted({r.get(group) for r in rows if x in r})
   out = {}
   for xv, names in sorted(by_x.items()):
     if sorted(names) != groups:
       continue
-    curves = [train_curve(os.path.join(workdir, names[g])) for g in groups]
+    curves = [_mean_curve([train_curve(os.path.join(workdir, n)) for n in names[g]]) for g in groups]
     if len({max(c, default=0) for c in curves}) > 1:
       continue
     steps = sorted(set.intersection(*(set(c) for c in curves)) - set(range(skip_steps + 1)))
@@ -264,7 +271,7 @@ def _has_result(row: dict) -> bool:
 
 def seed_mean(rows: Sequence[dict]) -> list[dict]:
   """One row per setting (every key but seed, name, status and the final_* results) with its final losses averaged
-  over the seeds that finished it; 'seeds' = how many did."""
+  over the seeds that finished it; 'seeds' = how many did, 'names' = their runs (when the rows are named)."""
   settings = {}
   for r in rows:
     if not _has_result(r):
@@ -274,12 +281,14 @@ def seed_mean(rows: Sequence[dict]) -> list[dict]:
     settings.setdefault(key, []).append(r)
   metrics = ("final_train_loss", "final_eval_loss")
   return [{**dict(key), "seeds": len(rs), **{m: sum(r[m] for r in rs) / len(rs) for m in metrics
-                                             if all(r.get(m) is not None for r in rs)}}
+                                             if all(r.get(m) is not None for r in rs)},
+           **({"names": sorted(r["name"] for r in rs)} if all("name" in r for r in rs) else {})}
           for key, rs in settings.items()]
 
 
 def report(rows: Sequence[dict], workdir: str, x: str, group: str, title: str = "") -> None:
-  """Prints the best x per group value, the fitted optimum's shift and (rows of single runs) the per-step ordering."""
+  """Prints the best x per group value, the fitted optimum's shift and the per-step ordering (of single runs, or of
+  seed means' averaged curves)."""
   print(f"-- {title or 'all runs'}")
   for g, (bx, loss) in sorted(optimum(rows, x, group).items(), key=lambda kv: str(kv[0])):
     print(f"{group}={g}: best {x}={bx:g} (log2 {math.log2(bx):.2f}), final train loss {loss:.4f}")
@@ -289,7 +298,7 @@ def report(rows: Sequence[dict], workdir: str, x: str, group: str, title: str = 
   fits = ", ".join(f"{g}: {v['fit']:.2f}{' (edge)' if v['edge'] else ''}" for g, v in rep["optimum"].items())
   print(f"fitted log2 {x} optimum per {group}: {fits}; shift smallest -> largest {rep['shift']:+.2f} "
         f"octaves, spread {rep['spread']:.2f}")
-  if not all("name" in r for r in rows):
+  if not all("name" in r or "names" in r for r in rows):
     return
   for xv, res in wider_is_better(workdir, rows, x, group).items():
     bad = res["violations"]

@@ -33,7 +33,8 @@ def load_rows(workdir: str) -> list[dict]:
 
 def table(workdir: str, group: str, x: str = "optim.learning_rate", rows: list[dict] | None = None,
           title: str = "") -> str:
-  """`rows` (default: all of the workdir's finished runs) of one seed, or seed means (then no per-step check)."""
+  """`rows` (default: all of the workdir's finished runs) of one seed, or seed means (the per-step check then on the
+  seeds' train curves averaged step by step)."""
   rows = load_rows(workdir) if rows is None else rows
   lines = [f"**{os.path.basename(os.path.normpath(workdir))}{title}** ({len(rows)} runs)", "",
            f"| {group.split('.')[-1]} | best log2 LR, train (grid / fit) | final train loss | "
@@ -51,7 +52,7 @@ def table(workdir: str, group: str, x: str = "optim.learning_rate", rows: list[d
     lines.append(f"{metric}: fitted optimum shift smallest -> largest {rep['shift']:+.2f} octaves, spread "
                  f"{rep['spread']:.2f}{' (an optimum on the grid edge)' if rep['any_edge'] else ''}")
   lines.append("")
-  wider = sweep.wider_is_better(workdir, rows, x, group) if all("name" in r for r in rows) else {}
+  wider = sweep.wider_is_better(workdir, rows, x, group) if all("name" in r or "names" in r for r in rows) else {}
   groups = list(tr)
   pairs = list(zip(groups[:-1], groups[1:]))
   name = group.split(".")[-1]

@@ -181,6 +181,16 @@ def test_wider_is_better_compares_every_logged_step(tmp_path):
   _fake_run(workdir, "short", {1: 8.0, 10: 4.0})
   rows[3] = {"name": "short", "lr": 0.1, "w": 64, "final_train_loss": 4.0, "status": "done"}
   assert list(sweep.wider_is_better(workdir, rows, "lr", "w")) == [0.01, 1.0]
+  # a seed mean's row compares its runs' curves averaged step by step: at lr 0.1 the 64-wide run of seed 0 is behind
+  # at step 10 (6.2 vs 6.0), that of seed 1 ahead (5.0 vs 6.0); the means, 5.6 vs 6.0, are in order
+  _fake_run(workdir, "s1,lr=0.1,w=32", {1: 8.0, 10: 6.0, 20: 5.0})
+  _fake_run(workdir, "s1,lr=0.1,w=64", {1: 8.0, 10: 5.0, 20: 4.0})
+  mean_rows = [{"names": ["lr=0.1,w=32", "s1,lr=0.1,w=32"], "lr": 0.1, "w": 32, "final_train_loss": 5.0},
+               {"names": ["lr=0.1,w=64", "s1,lr=0.1,w=64"], "lr": 0.1, "w": 64, "final_train_loss": 4.0}]
+  assert sweep.wider_is_better(workdir, mean_rows, "lr", "w")[0.1] == \
+      {"steps": 2, "violations": [], "in_order_from": 10, "max_inversion": 0.0}
+  assert sweep.wider_is_better(workdir, mean_rows[:1] + [{**mean_rows[1], "names": ["lr=0.1,w=64"]}], "lr", "w")[
+      0.1]["violations"] == [(10, 32, 64, 6.0, 6.2)]
 
 
 def test_summary_of_a_two_seed_sweep_reports_each_seed_then_the_mean(tmp_path, capsys):
@@ -203,3 +213,4 @@ def test_summary_of_a_two_seed_sweep_reports_each_seed_then_the_mean(tmp_path, c
   assert open(os.path.join(workdir, "sweep.png"), "rb").read(4) == b"\x89PNG"
   means = {(r["lr"], r["w"]): r for r in sweep.seed_mean(rows)}
   assert means[(0.1, 64)]["seeds"] == 2 and means[(0.1, 64)]["final_train_loss"] == 4.25
+  assert means[(0.1, 64)]["names"] == ["seed=0,lr=0.1,w=64", "seed=1,lr=0.1,w=64"]
