@@ -32,13 +32,14 @@ from llama4_jax.train.step import synthetic_batch  # noqa: E402
 PRESET = flags.DEFINE_string("preset", "tiny", "model preset from configs/models.py")
 DEPTHS = flags.DEFINE_list("depths", "8,48", "num_hidden_layers values (same width)")
 ROUNDS = flags.DEFINE_integer("rounds", 2, "alternating compiles per depth")
-UNROLL = flags.DEFINE_integer("scan_unroll", 0, "model.scan_unroll (0: the preset's)")
+UNROLL = flags.DEFINE_integer("scan_unroll", -1, "model.scan_unroll (-1: the preset's; 0: auto)")
 
 
-def compile_once(depth: int) -> tuple[float, float]:
+def compile_once(depth: int) -> tuple[float, float, int]:
+  """(trace + lower seconds, XLA compile seconds, super-blocks per scan iteration as resolved)."""
   config = base_configs.get_config(PRESET.value)
   config.model.num_hidden_layers = depth
-  if UNROLL.value:
+  if UNROLL.value >= 0:
     config.model.scan_unroll = UNROLL.value
   model_cfg, state, step_fn = build(config)
   batch = synthetic_batch(model_cfg.vocab_size, BATCH.value, SEQ.value)
@@ -46,7 +47,7 @@ def compile_once(depth: int) -> tuple[float, float]:
   lowered = step_fn.lower(state, batch, jax.random.key(0))
   t1 = time.perf_counter()
   lowered.compile()
-  return t1 - t0, time.perf_counter() - t1
+  return t1 - t0, time.perf_counter() - t1, model_cfg.unroll
 
 
 def main(argv):
@@ -61,11 +62,12 @@ def main(argv):
   for d in depths:
     lower = statistics.median(t[0] for t in times[d])
     comp = statistics.median(t[1] for t in times[d])
-    rows[d] = {"trace_lower_s": round(lower, 3), "compile_s": round(comp, 3), "total_s": round(lower + comp, 3)}
+    rows[d] = {"trace_lower_s": round(lower, 3), "compile_s": round(comp, 3), "total_s": round(lower + comp, 3),
+               "unroll": times[d][0][2]}
   first = rows[depths[0]]
   for d in depths:
     rows[d]["total_ratio_to_first"] = round(rows[d]["total_s"] / first["total_s"], 3)
-  unroll = UNROLL.value or int(base_configs.get_config(PRESET.value).model.scan_unroll)
+  unroll = UNROLL.value if UNROLL.value >= 0 else int(base_configs.get_config(PRESET.value).model.scan_unroll)
   print(json.dumps({"benchmark": "train_compile", "preset": PRESET.value, "scan_unroll": unroll,
                     "batch": BATCH.value, "seq": SEQ.value,
                     "rounds": ROUNDS.value, "by_depth": rows, "jax": jax.__version__,

@@ -45,7 +45,7 @@ def tiny():
                 num_experts_per_tok=1, interleave_moe_layer_step=2, no_rope_layer_interval=4, attention_chunk_size=64,
                 use_qk_norm=True, attn_temperature_tuning=True, floor_scale=64.0, attn_scale=0.1,
                 max_position_embeddings=4096, bos_token_id=3840, eos_token_id=3841, pad_token_id=3858,
-                scan_unroll=2))  # both super-blocks unrolled: less loop overhead on CPU
+                scan_unroll=0))  # auto: both super-blocks unrolled at depth 8 (no loop), one per iteration deeper
   m.rope_scaling = _llama3_scaling(True)
   return m
 

@@ -21,6 +21,7 @@ ATTENTION_IMPLS = ("xla", "dense", "pallas")
 KERNEL_KEYS = {"moe": "moe_impl", "attention": "attention_impl", "interpret": "kernel_interpret",
                "capacity_factor": "moe_capacity_factor"}
 ROPE_TYPES = ("default", "llama3", "linear", "ntk", "dynamic", "yarn")
+FULL_UNROLL_MAX_BLOCKS = 2  # `scan_unroll = 0` (auto) unrolls stacks of at most this many super-blocks
 
 
 class ConfigError(ValueError):
@@ -108,7 +109,9 @@ class ModelConfig:
   dtype: str = "float32"  # activation / matmul dtype
   param_dtype: str = "float32"  # storage dtype of the parameters
   remat_policy: str = "none"
-  scan_unroll: int = 1  # super-blocks per scan iteration; > 1 trades compile time for less loop overhead
+  # Super-blocks per scan iteration; > 1 trades compile time for less loop overhead. 0 = auto (`unroll`): the whole
+  # stack when it has at most FULL_UNROLL_MAX_BLOCKS super-blocks (no loop at all), else one per iteration.
+  scan_unroll: int = 1
   # Set from the experiment's `kernels.moe`: 'ragged_dot' (jax.lax.ragged_dot over expert-sorted rows, the
   # accelerator path), 'blocked' (expert-pure row blocks, a loop over the used ones: the fast CPU path), 'dense'
   # (one-hot oracle), 'pallas' (pallas_kernels/grouped_matmul), 'capacity' (fixed capacity per expert, drops the excess),
@@ -148,6 +151,15 @@ class ModelConfig:
   @property
   def num_blocks(self) -> int:
     return self.num_hidden_layers // self.block_size
+
+  @property
+  def unroll(self) -> int:
+    """Super-blocks per scan iteration after resolving `scan_unroll = 0` (auto). Unrolling the whole of a short stack
+    removes the loop (faster steps on CPU, and a short program compiles quickly); a deep stack keeps one super-block
+    per iteration so that its compile time does not grow with depth (benchmarks/train_compile.py)."""
+    if self.scan_unroll:
+      return self.scan_unroll
+    return self.num_blocks if self.num_blocks <= FULL_UNROLL_MAX_BLOCKS else 1
 
   @property
   def num_query_groups(self) -> int:
@@ -194,8 +206,8 @@ def validate(cfg: ModelConfig) -> None:
   if cfg.attention_chunk_size is not None and (
       not isinstance(cfg.attention_chunk_size, int) or cfg.attention_chunk_size <= 0):
     raise ConfigError(f"model.attention_chunk_size must be a positive integer or None, got {cfg.attention_chunk_size!r}")
-  if not isinstance(cfg.scan_unroll, int) or cfg.scan_unroll < 1:
-    raise ConfigError(f"model.scan_unroll must be a positive integer, got {cfg.scan_unroll!r}")
+  if not isinstance(cfg.scan_unroll, int) or isinstance(cfg.scan_unroll, bool) or cfg.scan_unroll < 0:
+    raise ConfigError(f"model.scan_unroll must be a positive integer or 0 (auto), got {cfg.scan_unroll!r}")
   if cfg.attn_scale < 0:
     raise ConfigError(f"model.attn_scale must be >= 0, got {cfg.attn_scale!r}")
   for name, allowed in (("dtype", DTYPES), ("param_dtype", DTYPES), ("remat_policy", REMAT_POLICIES),

@@ -141,7 +141,7 @@ class Transformer(nn.Module):
       blocks = nn.scan(
           block, variable_axes={"params": 0, "intermediates": 0}, split_rngs={"params": True},
           in_axes=nn.broadcast if kv_cache is None else (nn.broadcast, 0),
-          length=cfg.num_blocks, unroll=cfg.scan_unroll, metadata_params={nn.PARTITION_NAME: "layers"})(
+          length=cfg.num_blocks, unroll=cfg.unroll, metadata_params={nn.PARTITION_NAME: "layers"})(
               cfg, self.parallel, name="blocks")
     b, l = tokens_BL.shape
     meta = None

@@ -41,6 +41,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
     (dict(rope_scaling=RopeScaling("llama3", 16.0, 4.0, 1.0, 64)), "high_freq_factor"),
     (dict(rope_scaling=RopeScaling("llama3", 16.0, 0.0, 1.0, 64)), "low_freq_factor"),
     (dict(rope_scaling=RopeScaling("llama3", 16.0, 1.0, 1.0, 0)), "rope_scaling.original_max_position_embeddings"),
+    (dict(scan_unroll=-1), "model.scan_unroll"),
 ])
 def test_invalid_config_names_the_field(overrides, field):
   with pytest.raises(ConfigError, match=re.escape(field)):
@@ -69,6 +70,16 @@ def test_valid_edge_cases_are_accepted():
   assert tiny_config(num_experts_per_tok=4).num_experts_per_tok == 4  # k == E is allowed
   assert tiny_config(num_key_value_heads=4).num_query_groups == 1  # plain multi-head attention
   assert tiny_config(rope_scaling=None).rope_scaling is None
+
+
+def test_auto_scan_unroll_unrolls_short_stacks_only():
+  # 0 = auto: a stack of at most two super-blocks is unrolled whole (no loop); deeper stacks scan one per iteration,
+  # so that compile time does not grow with depth. Explicit values are kept as given.
+  assert [tiny_config(num_hidden_layers=n, scan_unroll=0).unroll for n in (4, 8, 12, 48)] == [1, 2, 1, 1]
+  assert [tiny_config(num_hidden_layers=n, scan_unroll=3).unroll for n in (8, 48)] == [3, 3]
+  tiny_preset = model_config(base_configs.get_config("tiny"))
+  assert tiny_preset.scan_unroll == 0 and tiny_preset.unroll == 2
+  assert tiny_preset.replace(num_hidden_layers=48).unroll == 1
 
 
 def test_config_is_frozen():
