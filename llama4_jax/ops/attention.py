@@ -14,7 +14,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from llama4_jax.ops.linear import matmul, matmul_nt, matmul_tn
+from llama4_jax.ops.linear import matmul, matmul_nt, row_major_transpose
 
 # Large finite negative instead of -inf so a fully masked row (padding) gives a uniform softmax, not NaN.
 _MASK_VALUE = float(jnp.finfo(jnp.float32).min)
@@ -90,8 +90,10 @@ def _masked_attention_bwd(scale, res, g_NMK):
   dlogits = jnp.where(mask_NMS, probs * (dprobs - jnp.sum(probs * dprobs, axis=-1, keepdims=True)), 0.0) * scale
   dlogits, probs = _flat_batch(dlogits.astype(q.dtype), probs.astype(v.dtype))
   dq = matmul(dlogits, k).astype(q.dtype).reshape(q_NMK.shape)
-  dk = matmul_tn(dlogits, q).astype(k.dtype).reshape(k_NSK.shape)
-  dv = matmul_tn(probs, g).astype(v.dtype).reshape(v_NSK.shape)
+  # From materialised transposes in every dtype: XLA:CPU runs these small batched products far slower in the
+  # transposed form (in float32 too, unlike the projections' weight gradients: see ops/linear.matmul_tn).
+  dk = matmul(row_major_transpose(dlogits), q).astype(k.dtype).reshape(k_NSK.shape)
+  dv = matmul(row_major_transpose(probs), g).astype(v.dtype).reshape(v_NSK.shape)
   return dq, dk, dv, None
 
 

@@ -96,25 +96,43 @@ def moe_sort(x_TD, scores_TK, experts_TK, gate_up_EDCF, down_EFD):
   return y_AD[inverse_A].reshape(t, k, -1).sum(axis=1)
 
 
-def block_layout(group_sizes_E, num_assignments: int, block: int):
+def block_layout(group_sizes_E, num_assignments: int, block: int, start_E=None):
   """Expert-contiguous, block-padded layout of sorted assignments (static shapes, dropless).
 
   Each expert's group is padded to a multiple of `block` rows; at most num_assignments / block + E blocks are
   needed. Returns per padded row the source index into the sorted assignments (or -1 for padding) and per block its
-  expert.
+  expert. `start_E`: where each expert's group starts in the sorted order (default: right after the previous one's).
   """
   e = group_sizes_E.shape[0]
   num_blocks = -(-num_assignments // block) + e
   padded_E = -(-group_sizes_E // block) * block
   padded_end_E = jnp.cumsum(padded_E)
   padded_start_E = padded_end_E - padded_E
-  start_E = jnp.cumsum(group_sizes_E) - group_sizes_E
+  if start_E is None:
+    start_E = jnp.cumsum(group_sizes_E) - group_sizes_E
   rows = jnp.arange(num_blocks * block, dtype=jnp.int32)
   row_expert = jnp.minimum(jnp.searchsorted(padded_end_E, rows, side="right"), e - 1).astype(jnp.int32)
   rank = rows - padded_start_E[row_expert]
   valid = rank < group_sizes_E[row_expert]
   source = jnp.where(valid, start_E[row_expert] + rank, -1)
   return source, row_expert.reshape(num_blocks, block)[:, 0]
+
+
+def capacity_block_layout(group_sizes_E, num_assignments: int, cap: int, block: int):
+  """Row layout of the `blocked` dispatch: a capacity part of `cap` rows per expert (expert e's first
+  min(n_e, cap) sorted assignments at rows e * cap ...), then an overflow part holding the rest of each group,
+  block-padded per expert as in `block_layout` (empty when no expert has more than `cap` assignments).
+
+  Returns (source row per row or -1, expert per overflow block, number of overflow blocks in use)."""
+  e = group_sizes_E.shape[0]
+  start_E = jnp.cumsum(group_sizes_E) - group_sizes_E
+  rows = jnp.arange(e * cap, dtype=jnp.int32)
+  row_expert, rank = rows // cap, rows % cap
+  main = jnp.where(rank < group_sizes_E[row_expert], start_E[row_expert] + rank, -1)
+  over_E = jnp.maximum(group_sizes_E - cap, 0)
+  over, block_expert_N = block_layout(over_E, num_assignments, block, start_E + cap)
+  num_used = jnp.sum(-(-over_E // block)).astype(jnp.int32)
+  return jnp.concatenate([main, over]), block_expert_N, num_used
 
 
 @jax.custom_vjp
@@ -139,70 +157,77 @@ def _take_rows_bwd(res, g_RD):
 _take_rows.defvjp(_take_rows_fwd, _take_rows_bwd)
 
 
-def _block_rows(a_RX, n, block: int):
-  return jax.lax.dynamic_slice_in_dim(a_RX, n * block, block)
+def _block_rows(a_RX, start, block: int):
+  return jax.lax.dynamic_slice_in_dim(a_RX, start, block)
 
 
-def _over_used_blocks(body, init, num_used):
-  """fori_loop of `body` over blocks [0, num_used) (num_used >= 1) with block 0 peeled off, so that the carry has
-  the body's output types: inside a shard_map those vary over more mesh axes than freshly made zeros do."""
-  return jax.lax.fori_loop(1, num_used, body, body(0, init))
+def _experts_forward(x_RD, block_expert_N, num_used, gate_up_EDCF, down_EFD, cap: int, block: int):
+  """Forward of `_capacity_experts`: (y_RD, pre-activations h_RCF for the backward)."""
+  e, d, _, f = gate_up_EDCF.shape
+  main = e * cap
+  # Capacity part: one batched matmul per projection over all experts.
+  h_ECF = matmul(x_RD[:main].reshape(e, cap, d), gate_up_EDCF.reshape(e, d, 2 * f)).astype(x_RD.dtype)
+  y_ED = matmul(swiglu(h_ECF.reshape(e, cap, 2, f)), down_EFD).astype(x_RD.dtype)
+  pad = x_RD.shape[0] - main
+  y_RD = jnp.concatenate([y_ED.reshape(main, d), jnp.zeros((pad, d), y_ED.dtype)])
+  h_RCF = jnp.concatenate([h_ECF.reshape(main, 2, f), jnp.zeros((pad, 2, f), h_ECF.dtype)])
 
-
-def _expert_blocks_forward(x_RD, block_expert_N, num_used, gate_up_EDCF, down_EFD, block: int, keep: bool):
-  """Runs only the `num_used` leading blocks (a loop with a traced trip count): each block's rows through its own
-  expert's weights, read in place. Returns the outputs and, with `keep`, the gate/up pre-activations (for the
-  backward; None otherwise)."""
-  d, f = gate_up_EDCF.shape[1], gate_up_EDCF.shape[-1]
-
-  def body(n, carry):
+  def body(n, carry):  # overflow block n: its rows through its expert's weights, read in place
     y_RD, h_RCF = carry
-    e = block_expert_N[n]
+    w = block_expert_N[n]
+    start = main + n * block
     # As one [D, 2F] matmul: a 3-D weight operand would keep XLA:CPU from its fast bf16 matmul.
-    h_BCF = matmul(_block_rows(x_RD, n, block), gate_up_EDCF[e].reshape(d, 2 * f)).astype(x_RD.dtype).reshape(
-        -1, 2, f)
-    y_BD = matmul(swiglu(h_BCF), down_EFD[e]).astype(x_RD.dtype)
-    if keep:
-      h_RCF = jax.lax.dynamic_update_slice_in_dim(h_RCF, h_BCF, n * block, 0)
-    return jax.lax.dynamic_update_slice_in_dim(y_RD, y_BD, n * block, 0), h_RCF
+    h_BCF = matmul(_block_rows(x_RD, start, block), gate_up_EDCF[w].reshape(d, 2 * f)).astype(
+        x_RD.dtype).reshape(-1, 2, f)
+    y_BD = matmul(swiglu(h_BCF), down_EFD[w]).astype(x_RD.dtype)
+    return (jax.lax.dynamic_update_slice_in_dim(y_RD, y_BD, start, 0),
+            jax.lax.dynamic_update_slice_in_dim(h_RCF, h_BCF, start, 0))
 
-  init = (jnp.zeros_like(x_RD), jnp.zeros((x_RD.shape[0], 2, f), x_RD.dtype) if keep else None)
-  return _over_used_blocks(body, init, num_used)
+  return jax.lax.fori_loop(0, num_used, body, (y_RD, h_RCF))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
-def _expert_blocks(x_RD, block_expert_N, num_used, gate_up_EDCF, down_EFD, block: int):
-  """y[rows of block n] = expert_ffn(block_expert[n], x[rows of block n]) for n < num_used; zero elsewhere."""
-  return _expert_blocks_forward(x_RD, block_expert_N, num_used, gate_up_EDCF, down_EFD, block, keep=False)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6))
+def _capacity_experts(x_RD, block_expert_N, num_used, gate_up_EDCF, down_EFD, cap: int, block: int):
+  """Expert FFN of every row of a `capacity_block_layout`: rows e * cap ... (e + 1) * cap - 1 through expert e (a
+  batched matmul over experts), then overflow blocks n < num_used through expert block_expert[n] (a loop with a
+  traced trip count, zero when nothing overflowed); other rows give zero."""
+  return _experts_forward(x_RD, block_expert_N, num_used, gate_up_EDCF, down_EFD, cap, block)[0]
 
 
-def _expert_blocks_fwd(x_RD, block_expert_N, num_used, gate_up_EDCF, down_EFD, block):
-  y_RD, h_RCF = _expert_blocks_forward(x_RD, block_expert_N, num_used, gate_up_EDCF, down_EFD, block, keep=True)
+def _capacity_experts_fwd(x_RD, block_expert_N, num_used, gate_up_EDCF, down_EFD, cap, block):
+  y_RD, h_RCF = _experts_forward(x_RD, block_expert_N, num_used, gate_up_EDCF, down_EFD, cap, block)
   return y_RD, (x_RD, block_expert_N, num_used, gate_up_EDCF, down_EFD, h_RCF)
 
 
-def _expert_blocks_bwd(block, res, g_RD):
-  """The same loop backwards over the used blocks: each block's weight gradient is added into its expert's slot (in
-  float32) and its input gradient written to its rows; weights are read in place, never gathered per block."""
+def _capacity_experts_bwd(cap, block, res, g_RD):
+  """Capacity part as batched matmuls; the overflow loop backwards over its used blocks, adding each block's weight
+  gradient into its expert's slot (float32); weights are read in place, never gathered per block."""
   x_RD, block_expert_N, num_used, gate_up_EDCF, down_EFD, h_RCF = res
-  d, f = gate_up_EDCF.shape[1], gate_up_EDCF.shape[-1]
+  e, d, _, f = gate_up_EDCF.shape
+  main = e * cap
+  h_ECF, g_ED = h_RCF[:main].reshape(e, cap, 2, f), g_RD[:main].reshape(e, cap, d)
+  ddown = matmul_tn(swiglu(h_ECF), g_ED)
+  dh_ECF = _swiglu_bwd(h_ECF, matmul_nt(g_ED, down_EFD).astype(x_RD.dtype))[0].reshape(e, cap, 2 * f)
+  dgate_up = matmul_tn(x_RD[:main].reshape(e, cap, d), dh_ECF).reshape(e, d, 2, f)
+  dx_ED = matmul_nt(dh_ECF, gate_up_EDCF.reshape(e, d, 2 * f)).astype(x_RD.dtype)
+  dx_RD = jnp.concatenate([dx_ED.reshape(main, d), jnp.zeros((x_RD.shape[0] - main, d), dx_ED.dtype)])
 
   def body(n, carry):
     dx_RD, dgate_up, ddown = carry
-    e = block_expert_N[n]
-    x_BD, h_BCF, g_BD = (_block_rows(a, n, block) for a in (x_RD, h_RCF, g_RD))
-    ddown = ddown.at[e].add(matmul_tn(swiglu(h_BCF), g_BD))
-    dh_BCF = _swiglu_bwd(h_BCF, matmul_nt(g_BD, down_EFD[e]).astype(x_RD.dtype))[0].reshape(-1, 2 * f)
-    dgate_up = dgate_up.at[e].add(matmul_tn(x_BD, dh_BCF).reshape(d, 2, f))
-    dx_BD = matmul_nt(dh_BCF, gate_up_EDCF[e].reshape(d, 2 * f))
-    return jax.lax.dynamic_update_slice_in_dim(dx_RD, dx_BD.astype(x_RD.dtype), n * block, 0), dgate_up, ddown
+    w = block_expert_N[n]
+    start = main + n * block
+    x_BD, h_BCF, g_BD = (_block_rows(a, start, block) for a in (x_RD, h_RCF, g_RD))
+    ddown = ddown.at[w].add(matmul_tn(swiglu(h_BCF), g_BD))
+    dh_BCF = _swiglu_bwd(h_BCF, matmul_nt(g_BD, down_EFD[w]).astype(x_RD.dtype))[0].reshape(-1, 2 * f)
+    dgate_up = dgate_up.at[w].add(matmul_tn(x_BD, dh_BCF).reshape(d, 2, f))
+    dx_BD = matmul_nt(dh_BCF, gate_up_EDCF[w].reshape(d, 2 * f))
+    return jax.lax.dynamic_update_slice_in_dim(dx_RD, dx_BD.astype(x_RD.dtype), start, 0), dgate_up, ddown
 
-  init = (jnp.zeros_like(x_RD), jnp.zeros(gate_up_EDCF.shape, jnp.float32), jnp.zeros(down_EFD.shape, jnp.float32))
-  dx_RD, dgate_up, ddown = _over_used_blocks(body, init, num_used)
+  dx_RD, dgate_up, ddown = jax.lax.fori_loop(0, num_used, body, (dx_RD, dgate_up, ddown))
   return dx_RD, None, None, dgate_up.astype(gate_up_EDCF.dtype), ddown.astype(down_EFD.dtype)
 
 
-_expert_blocks.defvjp(_expert_blocks_fwd, _expert_blocks_bwd)
+_capacity_experts.defvjp(_capacity_experts_fwd, _capacity_experts_bwd)
 
 
 def block_rows_for(num_assignments: int, num_experts: int, block: int | None = None) -> int:
@@ -214,28 +239,39 @@ def block_rows_for(num_assignments: int, num_experts: int, block: int | None = N
   return max(1, min(block, num_assignments))
 
 
-def moe_blocked(x_TD, scores_TK, experts_TK, gate_up_EDCF, down_EFD, block: int | None = None):
-  """Dropless sort-based dispatch over expert-pure row blocks, looping over the blocks actually used.
+BLOCKED_CAPACITY_FACTOR = 1.25  # capacity rows per expert of `moe_blocked`, in units of the mean assignments per expert
 
-  Assignments are sorted by expert and each expert's group padded to whole blocks; a loop with a traced trip count
-  then runs only the used blocks, each one as two small matmuls against its expert's weights read in place (the
-  backward is the same loop, accumulating each expert's weight gradient in its slot). Compute follows the tokens,
-  never every expert on every token (`ragged_dot` on CPU) and without a copy of the weights per block.
+
+def moe_blocked(x_TD, scores_TK, experts_TK, gate_up_EDCF, down_EFD, block: int | None = None,
+                capacity_factor: float = BLOCKED_CAPACITY_FACTOR):
+  """Dropless sort-based dispatch: a fixed capacity per expert as batched matmuls, the overflow in row blocks.
+
+  Assignments are sorted by expert. Each expert's first C = ceil(capacity_factor * T * k / E) assignments fill its
+  rows of an [E, C] buffer, run as one batched matmul per projection (no loop); what an expert gets beyond C is not
+  dropped but goes to expert-pure overflow blocks of `block` rows, which a loop with a traced trip count runs
+  through their expert's weights read in place (zero trips when no expert overflows). The backward mirrors both
+  parts. Compute follows the tokens (up to the capacity padding), never every expert on every token (`ragged_dot` on
+  CPU), and the weights are never copied per block.
   """
   t, k = experts_TK.shape
   d, e = x_TD.shape[1], gate_up_EDCF.shape[0]
+  a = t * k
+  if capacity_factor <= 0:
+    raise ValueError(f"moe_blocked: capacity_factor must be > 0, got {capacity_factor!r}")
+  cap = max(1, math.ceil(capacity_factor * a / e))
+  if block is None:  # overflow is a small tail: blocks a quarter of the mean group size (at least 8 rows)
+    block = max(8, block_rows_for(a, e) // 4)
+  block = max(1, min(block, a))
   order_A, inverse_A, group_sizes_E = sort_assignments(experts_TK, e)
-  block = block_rows_for(t * k, e, block)
-  source_R, block_expert_N = block_layout(group_sizes_E, t * k, block)
-  num_used = jnp.sum(-(-group_sizes_E // block)).astype(jnp.int32)
-  # Inverse of the padded layout: the padded row of each sorted assignment.
+  source_R, block_expert_N, num_used = capacity_block_layout(group_sizes_E, a, cap, block)
+  # Inverse of the layout: the row of each sorted assignment.
   rows_R = jnp.arange(source_R.shape[0], dtype=jnp.int32)
-  dest_A = jnp.zeros((t * k,), jnp.int32).at[jnp.maximum(source_R, 0)].max(jnp.where(source_R >= 0, rows_R, 0))
+  dest_A = jnp.zeros((a,), jnp.int32).at[jnp.maximum(source_R, 0)].max(jnp.where(source_R >= 0, rows_R, 0))
   # token-slot a = t * k + j; sorted position p holds assignment order_A[p].
   x_AD = jnp.repeat(x_TD, k, axis=0) * scores_TK.reshape(-1, 1)
   assignment_R = jnp.where(source_R >= 0, order_A[jnp.maximum(source_R, 0)], -1)
   x_RD = _take_rows(x_AD, assignment_R, dest_A[inverse_A])
-  y_RD = _expert_blocks(x_RD, block_expert_N, num_used, gate_up_EDCF, down_EFD, block)
+  y_RD = _capacity_experts(x_RD, block_expert_N, num_used, gate_up_EDCF, down_EFD, cap, block)
   y_AD = _take_rows(y_RD, dest_A[inverse_A], assignment_R)
   return y_AD.reshape(t, k, d).sum(axis=1)
 

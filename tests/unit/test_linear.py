@@ -96,8 +96,8 @@ def _dot_operand_dtypes(hlo_text: str):
 
 
 def test_bf16_backward_matmuls_stay_bf16_on_cpu():
-  """The reason the op exists: every matmul of a bf16 projection's forward and backward, and of the looped MoE
-  expert blocks' backward, takes bf16 operands in the compiled module. With autodiff's transposed forms XLA:CPU
+  """The reason the op exists: every matmul of a bf16 projection's forward and backward, and of the MoE experts'
+  backward (capacity part and overflow blocks), takes bf16 operands in the compiled module. With autodiff's transposed forms XLA:CPU
   widened them to float32 (the bf16 step then ran at float32 speed)."""
   rs = np.random.RandomState(3)
   x, w = _args(rs, (64, 48), (48, 3, 32), jnp.bfloat16)
@@ -110,10 +110,12 @@ def test_bf16_backward_matmuls_stay_bf16_on_cpu():
   scores_TK, experts_TK, _ = route(x_TD, jnp.asarray(rs.randn(d, e).astype(np.float32)), 1)
   gate_up = jnp.asarray(rs.randn(e, d, 2, f).astype(np.float32) / 8).astype(jnp.bfloat16)
   down = jnp.asarray(rs.randn(e, f, d).astype(np.float32) / 8).astype(jnp.bfloat16)
-  loss = lambda x, gu, dn: moe_blocked(x, scores_TK, experts_TK, gu, dn).astype(jnp.float32).sum()  # noqa: E731
+  # Half the mean group as capacity: the overflow loop is in use too (the routing is a compile-time constant here).
+  loss = lambda x, gu, dn: moe_blocked(x, scores_TK, experts_TK, gu, dn, capacity_factor=0.5).astype(  # noqa: E731
+      jnp.float32).sum()
   hlo = jax.jit(jax.grad(loss, argnums=(0, 1, 2))).lower(x_TD, gate_up, down).compile().as_text()
   dtypes = _dot_operand_dtypes(hlo)
-  assert len(dtypes) >= 6 and all(d == ("bf16", "bf16") for d in dtypes), dtypes
+  assert "while" in hlo and len(dtypes) >= 9 and all(d == ("bf16", "bf16") for d in dtypes), dtypes
 
 
 @pytest.mark.parametrize("chunked", [True, False])

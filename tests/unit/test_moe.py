@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from llama4_jax.ops.moe import (block_rows_for, load_statistics, moe_blocked, moe_dense, moe_gathered,
-                                moe_sort as _moe_sort, route, sort_assignments)
+from llama4_jax.ops.moe import (block_rows_for, capacity_block_layout, load_statistics, moe_blocked, moe_dense,
+                                moe_gathered, moe_sort as _moe_sort, route, sort_assignments)
 
 
 # The tests keep separate gate / up weights; the ops take them fused as [E, D, 2, F].
@@ -19,6 +19,8 @@ def _fused(impl):
 moe_sort = _fused(_moe_sort)
 moe_dense = _fused(moe_dense)
 moe_blocked_small = _fused(functools.partial(moe_blocked, block=4))  # several blocks and padding even at T=12
+# A capacity of a fifth of the mean group: nearly everything goes through the overflow blocks.
+moe_blocked_overflow = _fused(functools.partial(moe_blocked, block=4, capacity_factor=0.2))
 moe_gathered = _fused(moe_gathered)
 
 
@@ -60,8 +62,8 @@ def test_route_top1_score_is_not_renormalised():
 def _sort_and_dense(x_TD, router_DE, gate, up, down, w_TD, k):
   """Routed output and its VJP (cotangent w_TD) w.r.t. x, router and expert weights, for both dispatch paths."""
   out = {}
-  for name, impl in (("sort", moe_sort), ("blocked", moe_blocked_small), ("dense", moe_dense),
-                     ("gathered", moe_gathered)):
+  for name, impl in (("sort", moe_sort), ("blocked", moe_blocked_small), ("blocked_overflow", moe_blocked_overflow),
+                     ("dense", moe_dense), ("gathered", moe_gathered)):
     def moe(x, router, g, u, d, impl=impl):
       scores_TK, experts_TK, _ = route(x, router, k)
       return impl(x, scores_TK, experts_TK, g, u, d)
@@ -82,7 +84,7 @@ def test_sort_equals_dense_forward_and_gradients(e, k):
   out = _sort_and_dense(x_TD, router_DE, gate, up, down, w_TD, k)
   (fwd_sort, grads_sort), (fwd_dense, grads_dense) = out["sort"], out["dense"]
   assert fwd_sort.shape == (t, d)
-  for impl in ("sort", "blocked", "gathered"):
+  for impl in ("sort", "blocked", "blocked_overflow", "gathered"):
     np.testing.assert_allclose(np.asarray(out[impl][0]), np.asarray(fwd_dense), rtol=1e-5, atol=1e-5)
     for name, gs, gd in zip(("x", "router", "gate", "up", "down"), out[impl][1], grads_dense):
       np.testing.assert_allclose(np.asarray(gs), np.asarray(gd), rtol=1e-4, atol=1e-4, err_msg=f"{impl} {name}")
@@ -108,14 +110,13 @@ def test_sort_equals_dense_with_empty_groups():
   @jax.jit
   def both(x, scores, g, u, d):
     results = []
-    for impl in (moe_sort, moe_dense, moe_blocked_small):  # VJP w.r.t. x, scores, gate, up, down; ids fixed
+    for impl in (moe_sort, moe_dense, moe_blocked_small, moe_blocked_overflow):  # VJP w.r.t. x, scores, weights
       fwd, pullback = jax.vjp(lambda *a, impl=impl: impl(a[0], a[1], experts_TK, *a[2:]), x, scores, g, u, d)
       results.append((fwd, pullback(w_TD)))
     return results
 
-  (fwd_sort, grads_sort), (fwd_dense, grads_dense), (fwd_blocked, grads_blocked) = both(
-      x_TD, scores_TK, gate, up, down)
-  for fwd, grads in ((fwd_sort, grads_sort), (fwd_blocked, grads_blocked)):
+  (fwd_sort, grads_sort), (fwd_dense, grads_dense), *blocked = both(x_TD, scores_TK, gate, up, down)
+  for fwd, grads in ((fwd_sort, grads_sort), *blocked):
     np.testing.assert_allclose(np.asarray(fwd), np.asarray(fwd_dense), rtol=1e-5, atol=1e-5)
     for name, gs, gd in zip(("x", "scores", "gate", "up", "down"), grads, grads_dense):
       np.testing.assert_allclose(np.asarray(gs), np.asarray(gd), rtol=1e-4, atol=1e-4, err_msg=name)
@@ -123,6 +124,16 @@ def test_sort_equals_dense_with_empty_groups():
   for g in grads_sort[2:]:
     assert np.all(np.asarray(g)[unused] == 0)
     assert np.abs(np.asarray(g)[[2, 5]]).max() > 0
+
+
+def test_capacity_block_layout_puts_the_excess_in_expert_blocks():
+  # Sorted assignments: expert 0 has 5 (0-4), expert 1 none, expert 2 has 2 (5-6); capacity 3, overflow blocks of 2.
+  source, block_expert, num_used = capacity_block_layout(jnp.asarray([5, 0, 2], jnp.int32), 7, cap=3, block=2)
+  source = np.asarray(source).tolist()
+  assert source[:9] == [0, 1, 2, -1, -1, -1, 5, 6, -1]  # [E, cap] rows: the first min(n_e, cap) of each expert
+  assert source[9:11] == [3, 4] and set(source[11:]) == {-1}  # expert 0's two extra in one overflow block
+  assert int(num_used) == 1 and int(block_expert[0]) == 0
+  assert sorted(s for s in source if s >= 0) == list(range(7))  # every assignment exactly once: nothing dropped
 
 
 def test_blocked_block_rows_follow_tokens_per_expert():
@@ -133,10 +144,12 @@ def test_blocked_block_rows_follow_tokens_per_expert():
   assert block_rows_for(2048, 8, block=16) == 16
 
 
+@pytest.mark.parametrize("capacity_factor", [1.25, 0.5])
 @pytest.mark.parametrize("dtype, tol", [(jnp.float32, 1e-4), (jnp.bfloat16, 3e-2)])
-def test_blocked_default_blocks_match_dense_with_partial_blocks(dtype, tol):
-  """Default block size over several full and partial blocks per expert (T * k = 600, E = 4 -> 128-row blocks):
-  outputs and all gradients equal the dense oracle; in bf16 the weight gradients are summed over blocks in fp32."""
+def test_blocked_default_blocks_match_dense_with_partial_blocks(dtype, tol, capacity_factor):
+  """Default overflow blocks (T * k = 600, E = 4 -> 32 rows) over the default capacity and half the mean group
+  (then several full and partial overflow blocks per expert): outputs and all gradients equal the dense oracle; in
+  bf16 the weight gradients of the overflow blocks are summed in fp32."""
   rs = np.random.RandomState(9)
   t, d, f, e, k = 300, 16, 8, 4, 2
   x_TD = jnp.asarray(rs.randn(t, d).astype(np.float32))
@@ -154,7 +167,11 @@ def test_blocked_default_blocks_match_dense_with_partial_blocks(dtype, tol):
     fwd, pullback = jax.vjp(moe, *args)
     return fwd, pullback(w_TD.astype(dt))
 
-  fwd_b, grads_b = jax.jit(lambda: vjp(_fused(moe_blocked), dtype))()
+  groups = np.bincount(np.asarray(experts_TK).ravel(), minlength=e)
+  # The default capacity holds every group here (capacity part only); half the mean overflows (both parts).
+  assert (groups > np.ceil(capacity_factor * t * k / e)).any() == (capacity_factor < 1)
+  fwd_b, grads_b = jax.jit(lambda: vjp(_fused(functools.partial(moe_blocked, capacity_factor=capacity_factor)),
+                                       dtype))()
   fwd_d, grads_d = jax.jit(lambda: vjp(moe_dense, jnp.float32))()
   scale = float(jnp.abs(fwd_d).max())
   np.testing.assert_allclose(np.asarray(fwd_b, np.float32), np.asarray(fwd_d), atol=tol * scale, rtol=tol)
