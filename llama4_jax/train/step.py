@@ -120,10 +120,6 @@ def loss_and_grads(params, batch, model_cfg, train_cfg, parallel=None):
   return s, jax.tree_util.tree_map(lambda x: x.mean(0), stats), grads
 
 
-def _all_finite(tree) -> jax.Array:
-  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)]))
-
-
 def moe_dropped(moe_stats) -> jax.Array:
   """Routed assignments dropped over capacity (expert-parallel all_to_all transport), summed over MoE layers."""
   leaves = [stats["dropped"] for stats in jax.tree_util.tree_leaves(
@@ -133,8 +129,12 @@ def moe_dropped(moe_stats) -> jax.Array:
 
 def guarded_update(state: TrainState, grads, loss: jax.Array, tx) -> tuple[TrainState, jax.Array]:
   """Applies `tx` unless the loss or a gradient is non-finite; then keeps params and optimizer state and counts the
-  skip. Returns (state, skipped int32). Shared by every stage's update step."""
-  finite = jnp.isfinite(loss) & _all_finite(grads)
+  skip. Returns (state, skipped int32). Shared by every stage's update step.
+
+  The gradient test is on the global norm (the one clipping and the metrics compute as well, so no pass of its
+  own over the gradients): it is NaN or inf when any entry is, and also when the norm itself overflows the float
+  range, an update that clipping could not make sane either."""
+  finite = jnp.isfinite(loss) & jnp.isfinite(optax.tree.norm(grads))
   updates, new_opt = tx.update(grads, state.opt_state, state.params)
   new_params = optax.apply_updates(state.params, updates)
   keep = lambda new, old: jax.tree_util.tree_map(lambda a, b: jnp.where(finite, a, b), new, old)  # noqa: E731

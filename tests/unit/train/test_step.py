@@ -10,7 +10,7 @@ import pytest
 from configs import base
 from llama4_jax.model import init_params
 from llama4_jax.train import optimizer as opt
-from llama4_jax.train.step import LossConfig, init_state, loss_and_grads, sums, train_step
+from llama4_jax.train.step import LossConfig, guarded_update, init_state, loss_and_grads, sums, train_step
 from tests.conftest import tiny_config
 
 
@@ -86,6 +86,23 @@ def test_nonfinite_update_is_skipped_and_counted():
                              schedule=schedule)
   assert int(metrics["skipped"]) == 0 and int(good.step) == 1
   assert not np.array_equal(np.asarray(good.params["embed"]), np.asarray(params["embed"]))
+
+
+@pytest.mark.parametrize("bad_value", [np.nan, np.inf, 3e19])
+def test_a_nonfinite_gradient_alone_skips_the_update(bad_value):
+  # Finite loss, one bad gradient entry: NaN, inf, or finite values whose global norm overflows float32.
+  cfg = tiny_config()
+  params = init_params(cfg, jax.random.key(0))
+  tx, _ = opt.make_optimizer(_optim(warmup_steps=0), params, 10)
+  state = init_state(params, tx)
+  grads = jax.tree_util.tree_map(lambda x: jnp.full_like(x, 1e-3), params)
+  new, skipped = guarded_update(state, grads, jnp.float32(2.5), tx)
+  assert int(skipped) == 0 and int(new.step) == 1
+  grads["final_norm"]["scale"] = grads["final_norm"]["scale"].at[0].set(bad_value)
+  new, skipped = guarded_update(state, grads, jnp.float32(2.5), tx)
+  assert int(skipped) == 1 and int(new.nonfinite_total) == 1
+  jax.tree_util.tree_map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), new.params,
+                         state.params)
 
 
 def test_weight_decay_mask_and_lr_multipliers():
