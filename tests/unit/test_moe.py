@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from llama4_jax.ops.moe import (block_rows_for, capacity_block_layout, load_statistics, moe_blocked, moe_dense,
-                                moe_gathered, moe_sort as _moe_sort, route, sort_assignments)
+from llama4_jax.ops.moe import (block_rows_for, blocked_capacity, capacity_block_layout, load_statistics, moe_blocked,
+                                moe_dense, moe_gathered, moe_sort as _moe_sort, route, sort_assignments)
 
 
 # The tests keep separate gate / up weights; the ops take them fused as [E, D, 2, F].
@@ -136,6 +136,16 @@ def test_capacity_block_layout_puts_the_excess_in_expert_blocks():
   assert sorted(s for s in source if s >= 0) == list(range(7))  # every assignment exactly once: nothing dropped
 
 
+def test_blocked_capacity_is_the_mean_plus_three_sigma_unless_a_factor_is_given():
+  assert blocked_capacity(2048, 8) == 256 + 48  # 1.19x the mean group
+  assert blocked_capacity(2048, 128) == 16 + 12  # small groups fluctuate more: 1.75x
+  assert blocked_capacity(32768, 8) == 4096 + 192
+  assert blocked_capacity(2048, 8, capacity_factor=1.25) == 320
+  assert blocked_capacity(3, 8) == 3 and blocked_capacity(1, 64, capacity_factor=0.5) == 1  # never zero rows
+  with pytest.raises(ValueError, match="capacity_factor"):
+    blocked_capacity(2048, 8, capacity_factor=0.0)
+
+
 def test_blocked_block_rows_follow_tokens_per_expert():
   assert block_rows_for(2048, 8) == 128  # 256 assignments per expert: full blocks
   assert block_rows_for(2048, 32) == 64
@@ -144,7 +154,7 @@ def test_blocked_block_rows_follow_tokens_per_expert():
   assert block_rows_for(2048, 8, block=16) == 16
 
 
-@pytest.mark.parametrize("capacity_factor", [1.25, 0.5])
+@pytest.mark.parametrize("capacity_factor", [None, 0.5])
 @pytest.mark.parametrize("dtype, tol", [(jnp.float32, 1e-4), (jnp.bfloat16, 3e-2)])
 def test_blocked_default_blocks_match_dense_with_partial_blocks(dtype, tol, capacity_factor):
   """Default overflow blocks (T * k = 600, E = 4 -> 32 rows) over the default capacity and half the mean group
@@ -169,7 +179,7 @@ def test_blocked_default_blocks_match_dense_with_partial_blocks(dtype, tol, capa
 
   groups = np.bincount(np.asarray(experts_TK).ravel(), minlength=e)
   # The default capacity holds every group here (capacity part only); half the mean overflows (both parts).
-  assert (groups > np.ceil(capacity_factor * t * k / e)).any() == (capacity_factor < 1)
+  assert (groups > blocked_capacity(t * k, e, capacity_factor)).any() == (capacity_factor is not None)
   fwd_b, grads_b = jax.jit(lambda: vjp(_fused(functools.partial(moe_blocked, capacity_factor=capacity_factor)),
                                        dtype))()
   fwd_d, grads_d = jax.jit(lambda: vjp(moe_dense, jnp.float32))()
