@@ -14,7 +14,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from llama4_jax.ops.linear import matmul, matmul_nt, row_major_transpose
+from llama4_jax.ops.linear import matmul, matmul_nt, matmul_tn, row_major_transpose
 
 # Large finite negative instead of -inf so a fully masked row (padding) gives a uniform softmax, not NaN.
 _MASK_VALUE = float(jnp.finfo(jnp.float32).min)
@@ -67,6 +67,19 @@ def _masked_softmax_forward(q_NMK, k_NSK, v_NSK, mask_NMS, scale: float):
   return out.astype(v_NSK.dtype).reshape(*lead, *out.shape[-2:]), probs
 
 
+SMALL_TRANSPOSE = 1 << 17  # elements per [queries, keys] matrix up to which dk / dv use a materialised transpose
+
+
+def _matmul_tn_small(a_NMS, b_NMK):
+  """a.T @ b per batch element. For small matrices (the banded chunk layers' [R * C, 2C] blocks) from a materialised
+  transpose in every dtype: XLA:CPU runs many small batched products far slower in the transposed form (measured
+  5% of the tiny train step). Large ones (full rows of 1k tokens) keep ops/linear.matmul_tn, whose float32 form
+  skips the copy: there the copy cost more than it saved (364 vs 243 ms per layer at the `small` preset)."""
+  if a_NMS.shape[-2] * a_NMS.shape[-1] <= SMALL_TRANSPOSE:
+    return matmul(row_major_transpose(a_NMS), b_NMK)
+  return matmul_tn(a_NMS, b_NMK)
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
 def masked_attention(q_NMK, k_NSK, v_NSK, mask_NMS, scale: float):
   """softmax(where(mask, q k^T * scale, -big)) v over leading batch dims N, queries M, keys S (fp32 softmax).
@@ -90,10 +103,8 @@ def _masked_attention_bwd(scale, res, g_NMK):
   dlogits = jnp.where(mask_NMS, probs * (dprobs - jnp.sum(probs * dprobs, axis=-1, keepdims=True)), 0.0) * scale
   dlogits, probs = _flat_batch(dlogits.astype(q.dtype), probs.astype(v.dtype))
   dq = matmul(dlogits, k).astype(q.dtype).reshape(q_NMK.shape)
-  # From materialised transposes in every dtype: XLA:CPU runs these small batched products far slower in the
-  # transposed form (in float32 too, unlike the projections' weight gradients: see ops/linear.matmul_tn).
-  dk = matmul(row_major_transpose(dlogits), q).astype(k.dtype).reshape(k_NSK.shape)
-  dv = matmul(row_major_transpose(probs), g).astype(v.dtype).reshape(v_NSK.shape)
+  dk = _matmul_tn_small(dlogits, q).astype(k.dtype).reshape(k_NSK.shape)
+  dv = _matmul_tn_small(probs, g).astype(v.dtype).reshape(v_NSK.shape)
   return dq, dk, dv, None
 
 

@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from llama4_jax.ops import attention as attention_ops
 from llama4_jax.ops.attention import (attention_mask, dot_product_attention, masked_attention, self_attention_masks,
                                       temperature_scale)
 
@@ -233,10 +234,13 @@ def test_query_blocked_attention_keeps_memory_linear_in_length():
   assert temp_bytes(dense, 4096) > 10 * temp_bytes(dense, 1024)
 
 
+@pytest.mark.parametrize("small_transpose", [0, 1 << 17])  # dk / dv in the transposed form, or from a copy
 @pytest.mark.parametrize("dtype, tol", [(jnp.float32, 1e-5), (jnp.bfloat16, 2e-2)])
-def test_masked_attention_gradient_equals_autodiff_of_the_formula(dtype, tol):
+def test_masked_attention_gradient_equals_autodiff_of_the_formula(dtype, tol, small_transpose, monkeypatch):
   """The hand-written backward against autodiff of softmax(where(mask, q k^T s, min)) v, with a fully masked row
-  (padding: uniform weights, no gradient through the constant logits) and leading batch dims."""
+  (padding: uniform weights, no gradient through the constant logits) and leading batch dims; both forms of the
+  key and value gradients (small matrices from a materialised transpose, large ones as they lie)."""
+  monkeypatch.setattr(attention_ops, "SMALL_TRANSPOSE", small_transpose)
   rs = np.random.RandomState(3)
   n1, n2, m, s, k = 2, 3, 5, 7, 4
   q, kk, v, w = (jnp.asarray(rs.randn(n1, n2, *shape).astype(np.float32)) for shape in ((m, k), (s, k), (s, k), (m, k)))
