@@ -113,8 +113,9 @@ class ModelConfig:
   # stack when it has at most FULL_UNROLL_MAX_BLOCKS super-blocks (no loop at all), else one per iteration.
   scan_unroll: int = 1
   # Set from the experiment's `kernels.moe`: 'ragged_dot' (jax.lax.ragged_dot over expert-sorted rows, the
-  # accelerator path), 'blocked' (expert-pure row blocks, a loop over the used ones: the fast CPU path), 'dense'
-  # (one-hot oracle), 'pallas' (pallas_kernels/grouped_matmul), 'capacity' (fixed capacity per expert, drops the excess),
+  # accelerator path), 'blocked' (a per-expert capacity as batched matmuls plus looped overflow blocks, dropless:
+  # the fast CPU path), 'dense' (one-hot oracle), 'pallas' (pallas_kernels/grouped_matmul), 'capacity' (fixed
+  # capacity per expert, drops the excess),
   # 'gathered' (each token's expert weights gathered per token: few-token decode steps).
   moe_impl: str = "ragged_dot"
   moe_capacity_factor: float = 1.25  # `kernels.capacity_factor`, for moe_impl='capacity' only
