@@ -162,28 +162,32 @@ def _block_rows(a_RX, start, block: int):
 
 
 def _experts_forward(x_RD, block_expert_N, num_used, gate_up_EDCF, down_EFD, cap: int, block: int):
-  """Forward of `_capacity_experts`: (y_RD, pre-activations h_RCF for the backward)."""
+  """Forward of `_capacity_experts`: (y_RD, pre-activations of the capacity part [E, C, 2, F] and of the overflow
+  part [rows, 2, F], kept apart for the backward)."""
   e, d, _, f = gate_up_EDCF.shape
   main = e * cap
   # Capacity part: one batched matmul per projection over all experts.
   h_ECF = matmul(x_RD[:main].reshape(e, cap, d), gate_up_EDCF.reshape(e, d, 2 * f)).astype(x_RD.dtype)
-  y_ED = matmul(swiglu(h_ECF.reshape(e, cap, 2, f)), down_EFD).astype(x_RD.dtype)
+  h_ECF = h_ECF.reshape(e, cap, 2, f)
+  y_ED = matmul(swiglu(h_ECF), down_EFD).astype(x_RD.dtype)
   pad = x_RD.shape[0] - main
   y_RD = jnp.concatenate([y_ED.reshape(main, d), jnp.zeros((pad, d), y_ED.dtype)])
-  h_RCF = jnp.concatenate([h_ECF.reshape(main, 2, f), jnp.zeros((pad, 2, f), h_ECF.dtype)])
+  # Overflow rows' pre-activations, zero where no overflow block ran (zeros_like: typed like the capacity part's
+  # inside a shard_map, as the loop carry must be).
+  h_OCF = jnp.zeros_like(h_ECF, shape=(pad, 2, f))
 
   def body(n, carry):  # overflow block n: its rows through its expert's weights, read in place
-    y_RD, h_RCF = carry
+    y_RD, h_OCF = carry
     w = block_expert_N[n]
-    start = main + n * block
     # As one [D, 2F] matmul: a 3-D weight operand would keep XLA:CPU from its fast bf16 matmul.
-    h_BCF = matmul(_block_rows(x_RD, start, block), gate_up_EDCF[w].reshape(d, 2 * f)).astype(
+    h_BCF = matmul(_block_rows(x_RD, main + n * block, block), gate_up_EDCF[w].reshape(d, 2 * f)).astype(
         x_RD.dtype).reshape(-1, 2, f)
     y_BD = matmul(swiglu(h_BCF), down_EFD[w]).astype(x_RD.dtype)
-    return (jax.lax.dynamic_update_slice_in_dim(y_RD, y_BD, start, 0),
-            jax.lax.dynamic_update_slice_in_dim(h_RCF, h_BCF, start, 0))
+    return (jax.lax.dynamic_update_slice_in_dim(y_RD, y_BD, main + n * block, 0),
+            jax.lax.dynamic_update_slice_in_dim(h_OCF, h_BCF, n * block, 0))
 
-  return jax.lax.fori_loop(0, num_used, body, (y_RD, h_RCF))
+  y_RD, h_OCF = jax.lax.fori_loop(0, num_used, body, (y_RD, h_OCF))
+  return y_RD, h_ECF, h_OCF
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6))
@@ -195,17 +199,17 @@ def _capacity_experts(x_RD, block_expert_N, num_used, gate_up_EDCF, down_EFD, ca
 
 
 def _capacity_experts_fwd(x_RD, block_expert_N, num_used, gate_up_EDCF, down_EFD, cap, block):
-  y_RD, h_RCF = _experts_forward(x_RD, block_expert_N, num_used, gate_up_EDCF, down_EFD, cap, block)
-  return y_RD, (x_RD, block_expert_N, num_used, gate_up_EDCF, down_EFD, h_RCF)
+  y_RD, h_ECF, h_OCF = _experts_forward(x_RD, block_expert_N, num_used, gate_up_EDCF, down_EFD, cap, block)
+  return y_RD, (x_RD, block_expert_N, num_used, gate_up_EDCF, down_EFD, h_ECF, h_OCF)
 
 
 def _capacity_experts_bwd(cap, block, res, g_RD):
   """Capacity part as batched matmuls; the overflow loop backwards over its used blocks, adding each block's weight
   gradient into its expert's slot (float32); weights are read in place, never gathered per block."""
-  x_RD, block_expert_N, num_used, gate_up_EDCF, down_EFD, h_RCF = res
+  x_RD, block_expert_N, num_used, gate_up_EDCF, down_EFD, h_ECF, h_OCF = res
   e, d, _, f = gate_up_EDCF.shape
   main = e * cap
-  h_ECF, g_ED = h_RCF[:main].reshape(e, cap, 2, f), g_RD[:main].reshape(e, cap, d)
+  g_ED = g_RD[:main].reshape(e, cap, d)
   ddown = matmul_tn(swiglu(h_ECF), g_ED)
   dh_ECF = _swiglu_bwd(h_ECF, matmul_nt(g_ED, down_EFD).astype(x_RD.dtype))[0].reshape(e, cap, 2 * f)
   dgate_up = matmul_tn(x_RD[:main].reshape(e, cap, d), dh_ECF).reshape(e, d, 2, f)
@@ -216,7 +220,8 @@ def _capacity_experts_bwd(cap, block, res, g_RD):
     dx_RD, dgate_up, ddown = carry
     w = block_expert_N[n]
     start = main + n * block
-    x_BD, h_BCF, g_BD = (_block_rows(a, start, block) for a in (x_RD, h_RCF, g_RD))
+    x_BD, g_BD = _block_rows(x_RD, start, block), _block_rows(g_RD, start, block)
+    h_BCF = _block_rows(h_OCF, n * block, block)
     ddown = ddown.at[w].add(matmul_tn(swiglu(h_BCF), g_BD))
     dh_BCF = _swiglu_bwd(h_BCF, matmul_nt(g_BD, down_EFD[w]).astype(x_RD.dtype))[0].reshape(-1, 2 * f)
     dgate_up = dgate_up.at[w].add(matmul_tn(x_BD, dh_BCF).reshape(d, 2, f))
@@ -239,6 +244,9 @@ def block_rows_for(num_assignments: int, num_experts: int, block: int | None = N
   return max(1, min(block, num_assignments))
 
 
+CAPACITY_SIGMAS = 3.0  # `blocked_capacity` default: the mean group plus this many standard deviations
+
+
 def blocked_capacity(num_assignments: int, num_experts: int, capacity_factor: float | None = None) -> int:
   """Capacity rows per expert of `moe_blocked`: `capacity_factor` x the mean group if given, else the mean plus three
   standard deviations of a group's size under uniform routing (mean + 3 sqrt(mean)): little padding for large
@@ -249,9 +257,6 @@ def blocked_capacity(num_assignments: int, num_experts: int, capacity_factor: fl
       raise ValueError(f"moe_blocked: capacity_factor must be > 0, got {capacity_factor!r}")
     return max(1, math.ceil(capacity_factor * mean))
   return max(1, math.ceil(mean + CAPACITY_SIGMAS * math.sqrt(mean)))
-
-
-CAPACITY_SIGMAS = 3.0
 
 
 def moe_blocked(x_TD, scores_TK, experts_TK, gate_up_EDCF, down_EFD, block: int | None = None,
