@@ -12,7 +12,7 @@ from jax.sharding import PartitionSpec as P
 
 from llama4_jax.config import ModelConfig
 from llama4_jax.model.layers import declare, rms_normalize
-from llama4_jax.model.rope import apply_rope
+from llama4_jax.model.rope import rotate
 from llama4_jax.ops import kv_cache as kv_cache_ops
 from llama4_jax.ops.attention import (QUERY_BLOCK, cache_attention, chunked_self_attention, dot_product_attention,
                                       pallas_self_attention, query_blocked_attention, temperature_scale)
@@ -26,7 +26,7 @@ class Attention(nn.Module):
   parallel: Any = None  # sharding.Parallel; the Pallas kernel then runs per shard (batch x heads) in a shard_map
 
   @nn.compact
-  def __call__(self, x_BLD, positions_BL, segment_ids_BL, cos_sin, mask_BLL, kv_cache=None, meta=None):
+  def __call__(self, x_BLD, positions_BL, segment_ids_BL, rotation, mask_BLL, kv_cache=None, meta=None):
     """Self-attention over the row; with `kv_cache` (generation), over the cache after writing this block into it
     (`meta`: ops.kv_cache.block_meta), returning (output, new cache)."""
     cfg = self.cfg
@@ -40,8 +40,7 @@ class Attention(nn.Module):
     k_BLGK = linear(x_BLD, wk)
     v_BLGK = linear(x_BLD, wv)
     if self.use_rope:
-      cos, sin = cos_sin
-      q_BLHK, k_BLGK = apply_rope(q_BLHK, cos, sin), apply_rope(k_BLGK, cos, sin)
+      q_BLHK, k_BLGK = rotate(q_BLHK, *rotation), rotate(k_BLGK, *rotation)
       if cfg.use_qk_norm:  # after RoPE, as in the references (keys are cached in this form)
         q_BLHK, k_BLGK = rms_normalize(q_BLHK, cfg.rms_norm_eps), rms_normalize(k_BLGK, cfg.rms_norm_eps)
     elif cfg.attn_temperature_tuning:

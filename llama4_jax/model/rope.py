@@ -119,15 +119,32 @@ def rope_tables(positions_BL: jnp.ndarray, head_dim: int, theta: float,
   return cos, sin
 
 
-def apply_rope(x_BLHK: jnp.ndarray, cos_BLk: jnp.ndarray, sin_BLk: jnp.ndarray) -> jnp.ndarray:
-  """Rotates interleaved pairs (x[2j], x[2j+1]) by the per-position angle; returns x's dtype.
+def rotation_tables(cos_BLk: jnp.ndarray, sin_BLk: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
+  """The per-element tables [B, L, K] `rotate` reads: cos repeated over each pair, and sin with the pair's sign
+  (-sin on even entries, +sin on odd ones). Built once per forward and shared by every RoPE layer.
 
-  Written as one elementwise expression, out[i] = x[i] cos_i + x[i ^ 1] (-sin_i if i even else sin_i), over
-  tables widened to K: the same float32 products and sums as rotating each pair, without the strided pair slices
-  and re-interleaving stack that XLA:CPU lowers to slow copies."""
+  Both are built by stacking (a concatenate, which XLA:CPU materialises), not by `jnp.repeat` (a broadcast, which it
+  fuses into every consumer: each layer's rotation, forward and backward, then recomputed a cosine per element and
+  head). An optimization barrier does not prevent that: XLA:CPU removes barriers before fusion."""
+  k = 2 * cos_BLk.shape[-1]
+  cos_BLK = jnp.stack([cos_BLk, cos_BLk], axis=-1).reshape(*cos_BLk.shape[:-1], k)
+  sin_BLK = jnp.stack([-sin_BLk, sin_BLk], axis=-1).reshape(*sin_BLk.shape[:-1], k)
+  return cos_BLK, sin_BLK
+
+
+def rotate(x_BLHK: jnp.ndarray, cos_BLK: jnp.ndarray, sin_BLK: jnp.ndarray) -> jnp.ndarray:
+  """Rotates interleaved pairs (x[2j], x[2j+1]) by the per-position angle given as `rotation_tables`; returns x's
+  dtype.
+
+  One elementwise expression, out[i] = x[i] cos_i + x[i ^ 1] (-sin_i if i even else sin_i): the same float32
+  products and sums as rotating each pair, without the strided pair slices and re-interleaving stack that XLA:CPU
+  lowers to slow copies."""
   b, l, h, k = x_BLHK.shape
   x = x_BLHK.astype(jnp.float32)
   swapped = x.reshape(b, l, h, k // 2, 2)[..., ::-1].reshape(b, l, h, k)
-  cos_BLK = jnp.repeat(cos_BLk, 2, axis=-1)[:, :, None, :]
-  sin_BLK = jnp.stack([-sin_BLk, sin_BLk], axis=-1).reshape(*sin_BLk.shape[:-1], k)[:, :, None, :]
-  return (x * cos_BLK + swapped * sin_BLK).astype(x_BLHK.dtype)
+  return (x * cos_BLK[:, :, None, :] + swapped * sin_BLK[:, :, None, :]).astype(x_BLHK.dtype)
+
+
+def apply_rope(x_BLHK: jnp.ndarray, cos_BLk: jnp.ndarray, sin_BLk: jnp.ndarray) -> jnp.ndarray:
+  """`rotate` by the half-width tables of `rope_tables` / `rope_cos_sin` [B, L, K/2]."""
+  return rotate(x_BLHK, *rotation_tables(cos_BLk, sin_BLk))

@@ -20,7 +20,7 @@ from llama4_jax.config import ModelConfig
 from llama4_jax.model.attention import Attention
 from llama4_jax.model.layers import MLP, RMSNorm, declare, dtype_of
 from llama4_jax.model.moe import MoE
-from llama4_jax.model.rope import rope_tables
+from llama4_jax.model.rope import rope_tables, rotation_tables
 from llama4_jax.model.vision import VisionEncoder, merge_image_features
 from llama4_jax.ops import kv_cache as kv_cache_ops
 from llama4_jax.ops.attention import self_attention_masks
@@ -54,7 +54,7 @@ class DecoderLayer(nn.Module):
     mask = ctx.get("chunked_mask" if use_rope else "global_mask")
     h = RMSNorm(cfg, name="attn_norm")(x_BLD)
     attn = Attention(cfg, use_rope, self.parallel, name="attn")(h, ctx["positions"], ctx["segment_ids"],
-                                                                ctx["cos_sin"], mask, kv_cache, ctx.get("meta"))
+                                                                ctx["rotation"], mask, kv_cache, ctx.get("meta"))
     if kv_cache is not None:
       attn, kv_cache = attn
     x_BLD = x_BLD + attn
@@ -165,7 +165,7 @@ class Transformer(nn.Module):
     if embeddings_only:
       return x_BLD
     ctx = {"positions": positions_BL, "segment_ids": segment_ids_BL,
-           "cos_sin": rope_tables(positions_BL, cfg.head_dim, cfg.rope_theta, cfg.rope_scaling)}
+           "rotation": rotation_tables(*rope_tables(positions_BL, cfg.head_dim, cfg.rope_theta, cfg.rope_scaling))}
     if kv_cache is None:
       ctx["global_mask"], ctx["chunked_mask"] = self_attention_masks(positions_BL, segment_ids_BL,
                                                                      cfg.attention_chunk_size)

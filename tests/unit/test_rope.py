@@ -2,13 +2,14 @@
 
 import math
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from llama4_jax.config import RopeScaling
 from llama4_jax.model.rope import (apply_rope, attention_factor, dynamic_inverse_frequencies, inverse_frequencies,
-                                   rope_cos_sin, rope_tables)
+                                   rope_cos_sin, rope_tables, rotate, rotation_tables)
 
 
 def _reference_inv_freq(head_dim, theta, scaling=None):
@@ -112,6 +113,23 @@ def test_apply_rope_keeps_bfloat16_and_preserves_norm():
   np.testing.assert_allclose(pair_norm(out), pair_norm(x_BLHK), rtol=1e-5, atol=1e-6)
   cos, sin = rope_cos_sin(jnp.asarray(positions_BL), inverse_frequencies(8, 10000.0))
   assert apply_rope(jnp.asarray(x_BLHK, jnp.bfloat16), cos, sin).dtype == jnp.bfloat16
+
+
+def test_rotation_tables_are_computed_once_for_every_rotation_that_shares_them():
+  """The model builds the tables once per forward for all its RoPE layers; XLA must not fold the cosine into each
+  rotation (it did with a repeat-built table: a transcendental per element, head and layer)."""
+  inv_freq = inverse_frequencies(16, 10000.0)
+
+  def two_layers(q_BLHK, k_BLGK, positions_BL):
+    tables = rotation_tables(*rope_cos_sin(positions_BL, inv_freq))
+    return rotate(q_BLHK, *tables) * 2.0, rotate(k_BLGK, *tables) + 1.0
+
+  args = (jnp.ones((2, 8, 4, 16)), jnp.ones((2, 8, 2, 16)), jnp.tile(jnp.arange(8)[None], (2, 1)))
+  hlo = jax.jit(two_layers).lower(*args).compile().as_text()
+  assert hlo.count(" cosine(") == 1 and hlo.count(" sine(") == 1
+  q, _ = two_layers(*args)
+  np.testing.assert_array_equal(np.asarray(q) / 2, _rope(np.ones((2, 8, 4, 16), np.float32), np.asarray(args[2]),
+                                                         inv_freq))
 
 
 def test_rope_dot_product_depends_only_on_relative_position():
