@@ -161,7 +161,35 @@ def _block_rows(a_RX, start, block: int):
   return jax.lax.dynamic_slice_in_dim(a_RX, start, block)
 
 
-def _experts_forward(x_RD, block_expert_N, num_used, gate_up_EDCF, down_EFD, cap: int, block: int):
+def overflow_runs(group_sizes_E, cap: int, block: int):
+  """The overflow part of a `capacity_block_layout` by expert: (experts_J, first_block_J, blocks_J, num_runs), the
+  experts with overflow blocks first (in expert order), each with its first block and its number of blocks."""
+  blocks_E = -(-jnp.maximum(group_sizes_E - cap, 0) // block)
+  first_E = jnp.cumsum(blocks_E) - blocks_E
+  experts_J = jnp.argsort(blocks_E == 0, stable=True).astype(jnp.int32)
+  return experts_J, first_E[experts_J], blocks_E[experts_J], jnp.sum(blocks_E > 0).astype(jnp.int32)
+
+
+def _for_overflow_blocks(runs, gate_up_EDCF, down_EFD, carry, block_fn, begin=None, end=None):
+  """Runs `block_fn(n, w_gate_up [D, 2F], w_down [F, D], inner)` over every overflow block n, one expert at a time:
+  its weights are sliced once per expert (a copy on CPU), not once per block. Per expert j, `begin(j, carry)` gives
+  the blocks' carry and `end(j, carry, inner)` folds it back (default: the carry itself)."""
+  experts_J, first_J, blocks_J, num_runs = runs
+  e, d, _, f = gate_up_EDCF.shape
+  begin = begin or (lambda j, carry: carry)
+  end = end or (lambda j, carry, inner: inner)
+
+  def one_expert(j, carry):
+    w = experts_J[j]
+    w_gate_up, w_down = gate_up_EDCF[w].reshape(d, 2 * f), down_EFD[w]
+    inner = jax.lax.fori_loop(first_J[j], first_J[j] + blocks_J[j],
+                              lambda n, c: block_fn(n, w_gate_up, w_down, c), begin(j, carry))
+    return end(j, carry, inner)
+
+  return jax.lax.fori_loop(0, num_runs, one_expert, carry)
+
+
+def _experts_forward(x_RD, runs, gate_up_EDCF, down_EFD, cap: int, block: int):
   """Forward of `_capacity_experts`: (y_RD, pre-activations of the capacity part [E, C, 2, F] and of the overflow
   part [rows, 2, F], kept apart for the backward)."""
   e, d, _, f = gate_up_EDCF.shape
@@ -176,37 +204,35 @@ def _experts_forward(x_RD, block_expert_N, num_used, gate_up_EDCF, down_EFD, cap
   # inside a shard_map, as the loop carry must be).
   h_OCF = jnp.zeros_like(h_ECF, shape=(pad, 2, f))
 
-  def body(n, carry):  # overflow block n: its rows through its expert's weights, read in place
+  def block_fn(n, w_gate_up, w_down, carry):  # overflow block n through its expert's weights
     y_RD, h_OCF = carry
-    w = block_expert_N[n]
     # As one [D, 2F] matmul: a 3-D weight operand would keep XLA:CPU from its fast bf16 matmul.
-    h_BCF = matmul(_block_rows(x_RD, main + n * block, block), gate_up_EDCF[w].reshape(d, 2 * f)).astype(
-        x_RD.dtype).reshape(-1, 2, f)
-    y_BD = matmul(swiglu(h_BCF), down_EFD[w]).astype(x_RD.dtype)
+    h_BCF = matmul(_block_rows(x_RD, main + n * block, block), w_gate_up).astype(x_RD.dtype).reshape(-1, 2, f)
+    y_BD = matmul(swiglu(h_BCF), w_down).astype(x_RD.dtype)
     return (jax.lax.dynamic_update_slice_in_dim(y_RD, y_BD, main + n * block, 0),
             jax.lax.dynamic_update_slice_in_dim(h_OCF, h_BCF, n * block, 0))
 
-  y_RD, h_OCF = jax.lax.fori_loop(0, num_used, body, (y_RD, h_OCF))
+  y_RD, h_OCF = _for_overflow_blocks(runs, gate_up_EDCF, down_EFD, (y_RD, h_OCF), block_fn)
   return y_RD, h_ECF, h_OCF
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6))
-def _capacity_experts(x_RD, block_expert_N, num_used, gate_up_EDCF, down_EFD, cap: int, block: int):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+def _capacity_experts(x_RD, runs, gate_up_EDCF, down_EFD, cap: int, block: int):
   """Expert FFN of every row of a `capacity_block_layout`: rows e * cap ... (e + 1) * cap - 1 through expert e (a
-  batched matmul over experts), then overflow blocks n < num_used through expert block_expert[n] (a loop with a
-  traced trip count, zero when nothing overflowed); other rows give zero."""
-  return _experts_forward(x_RD, block_expert_N, num_used, gate_up_EDCF, down_EFD, cap, block)[0]
+  batched matmul over experts), then the overflow blocks expert by expert (`overflow_runs`: loops with traced
+  trip counts, zero when nothing overflowed); other rows give zero."""
+  return _experts_forward(x_RD, runs, gate_up_EDCF, down_EFD, cap, block)[0]
 
 
-def _capacity_experts_fwd(x_RD, block_expert_N, num_used, gate_up_EDCF, down_EFD, cap, block):
-  y_RD, h_ECF, h_OCF = _experts_forward(x_RD, block_expert_N, num_used, gate_up_EDCF, down_EFD, cap, block)
-  return y_RD, (x_RD, block_expert_N, num_used, gate_up_EDCF, down_EFD, h_ECF, h_OCF)
+def _capacity_experts_fwd(x_RD, runs, gate_up_EDCF, down_EFD, cap, block):
+  y_RD, h_ECF, h_OCF = _experts_forward(x_RD, runs, gate_up_EDCF, down_EFD, cap, block)
+  return y_RD, (x_RD, runs, gate_up_EDCF, down_EFD, h_ECF, h_OCF)
 
 
 def _capacity_experts_bwd(cap, block, res, g_RD):
-  """Capacity part as batched matmuls; the overflow loop backwards over its used blocks, adding each block's weight
-  gradient into its expert's slot (float32); weights are read in place, never gathered per block."""
-  x_RD, block_expert_N, num_used, gate_up_EDCF, down_EFD, h_ECF, h_OCF = res
+  """Capacity part as batched matmuls; the overflow expert by expert, each accumulating its blocks' weight gradients
+  (float32) and adding them into its expert's slot once."""
+  x_RD, runs, gate_up_EDCF, down_EFD, h_ECF, h_OCF = res
   e, d, _, f = gate_up_EDCF.shape
   main = e * cap
   g_ED = g_RD[:main].reshape(e, cap, d)
@@ -216,20 +242,30 @@ def _capacity_experts_bwd(cap, block, res, g_RD):
   dx_ED = matmul_nt(dh_ECF, gate_up_EDCF.reshape(e, d, 2 * f)).astype(x_RD.dtype)
   dx_RD = jnp.concatenate([dx_ED.reshape(main, d), jnp.zeros((x_RD.shape[0] - main, d), dx_ED.dtype)])
 
-  def body(n, carry):
-    dx_RD, dgate_up, ddown = carry
-    w = block_expert_N[n]
+  def block_fn(n, w_gate_up, w_down, carry):
+    dx_RD, dw_gate_up, dw_down = carry
     start = main + n * block
     x_BD, g_BD = _block_rows(x_RD, start, block), _block_rows(g_RD, start, block)
     h_BCF = _block_rows(h_OCF, n * block, block)
-    ddown = ddown.at[w].add(matmul_tn(swiglu(h_BCF), g_BD))
-    dh_BCF = _swiglu_bwd(h_BCF, matmul_nt(g_BD, down_EFD[w]).astype(x_RD.dtype))[0].reshape(-1, 2 * f)
-    dgate_up = dgate_up.at[w].add(matmul_tn(x_BD, dh_BCF).reshape(d, 2, f))
-    dx_BD = matmul_nt(dh_BCF, gate_up_EDCF[w].reshape(d, 2 * f))
-    return jax.lax.dynamic_update_slice_in_dim(dx_RD, dx_BD.astype(x_RD.dtype), start, 0), dgate_up, ddown
+    dw_down = dw_down + matmul_tn(swiglu(h_BCF), g_BD)
+    dh_BCF = _swiglu_bwd(h_BCF, matmul_nt(g_BD, w_down).astype(x_RD.dtype))[0].reshape(-1, 2 * f)
+    dw_gate_up = dw_gate_up + matmul_tn(x_BD, dh_BCF)
+    dx_BD = matmul_nt(dh_BCF, w_gate_up)
+    return jax.lax.dynamic_update_slice_in_dim(dx_RD, dx_BD.astype(x_RD.dtype), start, 0), dw_gate_up, dw_down
 
-  dx_RD, dgate_up, ddown = jax.lax.fori_loop(0, num_used, body, (dx_RD, dgate_up, ddown))
-  return dx_RD, None, None, dgate_up.astype(gate_up_EDCF.dtype), ddown.astype(down_EFD.dtype)
+  def begin(j, carry):  # expert j's own zeroed weight-gradient accumulators
+    dx_RD, dgate_up, ddown = carry
+    return dx_RD, jnp.zeros_like(dgate_up, shape=(d, 2 * f)), jnp.zeros_like(ddown, shape=(f, d))
+
+  def end(j, carry, inner):
+    _, dgate_up, ddown = carry
+    dx_RD, dw_gate_up, dw_down = inner
+    w = runs[0][j]
+    return dx_RD, dgate_up.at[w].add(dw_gate_up.reshape(d, 2, f)), ddown.at[w].add(dw_down)
+
+  dx_RD, dgate_up, ddown = _for_overflow_blocks(runs, gate_up_EDCF, down_EFD, (dx_RD, dgate_up, ddown), block_fn,
+                                                begin, end)
+  return dx_RD, None, dgate_up.astype(gate_up_EDCF.dtype), ddown.astype(down_EFD.dtype)
 
 
 _capacity_experts.defvjp(_capacity_experts_fwd, _capacity_experts_bwd)
@@ -265,10 +301,10 @@ def moe_blocked(x_TD, scores_TK, experts_TK, gate_up_EDCF, down_EFD, block: int 
 
   Assignments are sorted by expert. Each expert's first C (`blocked_capacity`) assignments fill its rows of an
   [E, C] buffer, run as one batched matmul per projection (no loop); what an expert gets beyond C is not
-  dropped but goes to expert-pure overflow blocks of `block` rows, which a loop with a traced trip count runs
-  through their expert's weights read in place (zero trips when no expert overflows). The backward mirrors both
-  parts. Compute follows the tokens (up to the capacity padding), never every expert on every token (`ragged_dot` on
-  CPU), and the weights are never copied per block.
+  dropped but goes to expert-pure overflow blocks of `block` rows, which loops with traced trip counts run expert by
+  expert, each overflowing expert's weights sliced once for all its blocks (zero trips when no expert overflows).
+  The backward mirrors both parts. Compute follows the tokens (up to the capacity padding), never every expert on
+  every token (`ragged_dot` on CPU).
   """
   t, k = experts_TK.shape
   d, e = x_TD.shape[1], gate_up_EDCF.shape[0]
@@ -278,7 +314,7 @@ def moe_blocked(x_TD, scores_TK, experts_TK, gate_up_EDCF, down_EFD, block: int 
     block = max(8, block_rows_for(a, e) // 4)
   block = max(1, min(block, a))
   order_A, inverse_A, group_sizes_E = sort_assignments(experts_TK, e)
-  source_R, block_expert_N, num_used = capacity_block_layout(group_sizes_E, a, cap, block)
+  source_R, _, _ = capacity_block_layout(group_sizes_E, a, cap, block)
   # Inverse of the layout: the row of each sorted assignment.
   rows_R = jnp.arange(source_R.shape[0], dtype=jnp.int32)
   dest_A = jnp.zeros((a,), jnp.int32).at[jnp.maximum(source_R, 0)].max(jnp.where(source_R >= 0, rows_R, 0))
@@ -286,7 +322,7 @@ def moe_blocked(x_TD, scores_TK, experts_TK, gate_up_EDCF, down_EFD, block: int 
   x_AD = jnp.repeat(x_TD, k, axis=0) * scores_TK.reshape(-1, 1)
   assignment_R = jnp.where(source_R >= 0, order_A[jnp.maximum(source_R, 0)], -1)
   x_RD = _take_rows(x_AD, assignment_R, dest_A[inverse_A])
-  y_RD = _capacity_experts(x_RD, block_expert_N, num_used, gate_up_EDCF, down_EFD, cap, block)
+  y_RD = _capacity_experts(x_RD, overflow_runs(group_sizes_E, cap, block), gate_up_EDCF, down_EFD, cap, block)
   y_AD = _take_rows(y_RD, dest_A[inverse_A], assignment_R)
   return y_AD.reshape(t, k, d).sum(axis=1)
 

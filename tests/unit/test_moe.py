@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from llama4_jax.ops.moe import (block_rows_for, blocked_capacity, capacity_block_layout, load_statistics, moe_blocked,
-                                moe_dense, moe_gathered, moe_sort as _moe_sort, route, sort_assignments)
+                                moe_dense, moe_gathered, moe_sort as _moe_sort, overflow_runs, route, sort_assignments)
 
 
 # The tests keep separate gate / up weights; the ops take them fused as [E, D, 2, F].
@@ -134,6 +134,16 @@ def test_capacity_block_layout_puts_the_excess_in_expert_blocks():
   assert source[9:11] == [3, 4] and set(source[11:]) == {-1}  # expert 0's two extra in one overflow block
   assert int(num_used) == 1 and int(block_expert[0]) == 0
   assert sorted(s for s in source if s >= 0) == list(range(7))  # every assignment exactly once: nothing dropped
+
+
+def test_overflow_runs_list_each_overflowing_experts_blocks_once():
+  # Groups 9, 2, 0, 13 with capacity 4 and blocks of 2: overflow 5 (3 blocks), 0, 0, 9 (5 blocks).
+  sizes = jnp.asarray([9, 2, 0, 13], jnp.int32)
+  experts, first, blocks, num_runs = (np.asarray(a).tolist() for a in overflow_runs(sizes, cap=4, block=2))
+  assert num_runs == 2 and experts[:2] == [0, 3] and first[:2] == [0, 3] and blocks[:2] == [3, 5]
+  _, block_expert, num_used = capacity_block_layout(sizes, 24, cap=4, block=2)
+  assert num_used == sum(blocks[:num_runs])  # the runs cover exactly the layout's overflow blocks, in its order
+  assert np.asarray(block_expert)[:num_used].tolist() == [0] * 3 + [3] * 5
 
 
 def test_blocked_capacity_is_the_mean_plus_three_sigma_unless_a_factor_is_given():
