@@ -175,7 +175,7 @@ def _for_overflow_blocks(runs, gate_up_EDCF, down_EFD, carry, block_fn, begin=No
   its weights are sliced once per expert (a copy on CPU), not once per block. Per expert j, `begin(j, carry)` gives
   the blocks' carry and `end(j, carry, inner)` folds it back (default: the carry itself)."""
   experts_J, first_J, blocks_J, num_runs = runs
-  e, d, _, f = gate_up_EDCF.shape
+  _, d, _, f = gate_up_EDCF.shape
   begin = begin or (lambda j, carry: carry)
   end = end or (lambda j, carry, inner: inner)
 
