@@ -16,8 +16,13 @@ from llama4_jax.model.rope import rotate
 from llama4_jax.ops import kv_cache as kv_cache_ops
 from llama4_jax.ops.attention import (QUERY_BLOCK, cache_attention, chunked_self_attention, dot_product_attention,
                                       pallas_self_attention, query_blocked_attention, temperature_scale)
-from llama4_jax.ops.linear import linear
+from llama4_jax.ops.linear import linear, linear_shared
 from llama4_jax.sharding import BATCH_AXES
+
+
+# q, k and v as one product (ops.linear.linear_shared) where the heads are not split over devices; a switch
+# for side-by-side timing.
+FUSE_QKV = True
 
 
 class Attention(nn.Module):
@@ -36,9 +41,11 @@ class Attention(nn.Module):
     wk = declare(self, "k", (d, g, k), ("embed", "kv_heads", "head_dim"), cfg).astype(dt)
     wv = declare(self, "v", (d, g, k), ("embed", "kv_heads", "head_dim"), cfg).astype(dt)
     wo = declare(self, "o", (h, k, d), ("heads", "head_dim", "embed"), cfg).astype(dt)
-    q_BLHK = linear(x_BLD, wq)
-    k_BLGK = linear(x_BLD, wk)
-    v_BLGK = linear(x_BLD, wv)
+    if FUSE_QKV and (self.parallel is None or self.parallel.mesh.shape["tensor"] == 1):
+      # One product for the three (the joined weight would need re-sharding where heads are split over devices).
+      q_BLHK, k_BLGK, v_BLGK = linear_shared(x_BLD, (wq, wk, wv))
+    else:
+      q_BLHK, k_BLGK, v_BLGK = linear(x_BLD, wq), linear(x_BLD, wk), linear(x_BLD, wv)
     if self.use_rope:
       q_BLHK, k_BLGK = rotate(q_BLHK, *rotation), rotate(k_BLGK, *rotation)
       if cfg.use_qk_norm:  # after RoPE, as in the references (keys are cached in this form)

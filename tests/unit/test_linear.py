@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from llama4_jax.ops.linear import linear, matmul_nt, matmul_tn, row_major_transpose
+from llama4_jax.ops.linear import linear, linear_shared, matmul_nt, matmul_tn, row_major_transpose
 from llama4_jax.ops.moe import moe_blocked, route
 
 
@@ -68,6 +68,45 @@ def test_transposed_matmuls(dtype):
   c, d = _args(rs, (4, 6), (7, 6), dtype)
   np.testing.assert_allclose(np.asarray(matmul_nt(c, d)), np.asarray(c.astype(jnp.float32) @ d.astype(jnp.float32).T),
                              rtol=1e-5, atol=1e-5)
+
+
+def test_linear_shared_equals_one_linear_per_weight_values_and_gradients():
+  """q, k and v as one product (odd sizes, different output shapes): each output and every gradient equals its own
+  `linear`'s, and the compiled forward + backward holds 3 matmuls (one product, one input and one weight
+  gradient) instead of 9."""
+  rs = np.random.RandomState(5)
+  x = jnp.asarray(rs.randn(2, 7, 12).astype(np.float32))
+  ws = tuple(jnp.asarray((rs.randn(*shape) / 4).astype(np.float32)) for shape in ((12, 3, 5), (12, 1, 5), (12, 6)))
+  outs = linear_shared(x, ws)
+  refs = [linear(x, w) for w in ws]
+  for i, (o, r) in enumerate(zip(outs, refs)):
+    assert o.shape == r.shape and o.dtype == r.dtype, i
+    np.testing.assert_allclose(np.asarray(o), np.asarray(r), rtol=1e-5, atol=1e-6, err_msg=str(i))
+  cots = [jnp.asarray(rs.randn(*r.shape).astype(np.float32)) for r in refs]
+  loss = lambda x, ws: sum(jnp.sum(o * c) for o, c in zip(linear_shared(x, ws), cots))  # noqa: E731
+  loss_ref = lambda x, ws: sum(jnp.sum(linear(x, w) * c) for w, c in zip(ws, cots))  # noqa: E731
+  dx, dws = jax.grad(loss, argnums=(0, 1))(x, ws)
+  dx_ref, dws_ref = jax.grad(loss_ref, argnums=(0, 1))(x, ws)
+  np.testing.assert_allclose(np.asarray(dx), np.asarray(dx_ref), rtol=1e-5, atol=1e-5)
+  for i, (g, gr) in enumerate(zip(dws, dws_ref)):
+    assert g.shape == gr.shape, i
+    np.testing.assert_allclose(np.asarray(g), np.asarray(gr), rtol=1e-5, atol=1e-5, err_msg=f"weight {i}")
+  # (sin, not a product with constants: XLA turns a reduced product into dots of its own)
+  count = lambda f: len(_dot_operand_dtypes(jax.jit(jax.value_and_grad(  # noqa: E731
+      lambda x, ws: sum(jnp.sum(jnp.sin(o)) for o in f(x, ws)), argnums=(0, 1))).lower(x, ws).compile().as_text()))
+  assert count(linear_shared) == 3 and count(lambda x, ws: [linear(x, w) for w in ws]) == 9
+
+
+def test_linear_shared_bf16_matmuls_stay_bf16_and_reject_mismatched_inputs():
+  rs = np.random.RandomState(6)
+  x = jnp.asarray(rs.randn(64, 48).astype(np.float32)).astype(jnp.bfloat16)
+  ws = tuple(jnp.asarray(rs.randn(48, n).astype(np.float32) / 8).astype(jnp.bfloat16) for n in (32, 16, 16))
+  fn = jax.jit(jax.value_and_grad(
+      lambda x, ws: sum(o.astype(jnp.float32).sum() for o in linear_shared(x, ws)), argnums=(0, 1)))
+  dtypes = _dot_operand_dtypes(fn.lower(x, ws).compile().as_text())
+  assert len(dtypes) == 3 and all(d == ("bf16", "bf16") for d in dtypes), dtypes
+  with pytest.raises(ValueError, match=r"input dims \(48,\).*weight's \(40,\)"):
+    linear_shared(x, (ws[0], jnp.ones((40, 3), jnp.bfloat16)))
 
 
 def test_linear_rejects_mismatched_input_dims():
