@@ -138,6 +138,27 @@ def test_weight_decay_mask_and_lr_multipliers():
   assert not np.any(u3["embed"]) and not np.any(u3["final_norm"]["scale"])
 
 
+@pytest.mark.parametrize("scale", [0.01, 1.0, 50.0])
+def test_clip_by_global_norm_matches_optax(scale):
+  """Below the limit the updates pass unchanged (bit for bit); above it they equal optax's clipping up to rounding
+  and have the limit's norm; a zero gradient stays zero."""
+  rs = np.random.RandomState(0)
+  grads = {"a": jnp.asarray(rs.randn(3, 5).astype(np.float32) * scale),
+           "b": jnp.asarray(rs.randn(7).astype(np.float32))}
+  ours = opt.clip_by_global_norm(2.0)
+  theirs = optax.clip_by_global_norm(2.0)
+  u, _ = ours.update(grads, ours.init(grads))
+  ref, _ = theirs.update(grads, theirs.init(grads))
+  norm = float(optax.global_norm(grads))
+  for name in grads:
+    if norm <= 2.0:
+      np.testing.assert_array_equal(np.asarray(u[name]), np.asarray(grads[name]))
+    np.testing.assert_allclose(np.asarray(u[name]), np.asarray(ref[name]), rtol=1e-6, atol=0)
+  assert abs(float(optax.global_norm(u)) - min(norm, 2.0)) < 1e-5 * max(norm, 1.0)
+  zeros = jax.tree_util.tree_map(jnp.zeros_like, grads)
+  assert not any(np.any(np.asarray(z)) for z in jax.tree_util.tree_leaves(ours.update(zeros, ours.init(zeros))[0]))
+
+
 @pytest.mark.parametrize("kind", ["cosine", "wsd", "constant"])
 def test_schedules_warm_up_then_decay(kind):
   s = opt.learning_rate_schedule(1.0, 100, 10, kind, min_ratio=0.1, decay_fraction=0.2)
