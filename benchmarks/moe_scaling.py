@@ -33,7 +33,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 from benchmarks.timing import matmul_gflops  # noqa: E402
-from llama4_jax.host_memory import requested_mode, retain_freed_host_memory  # noqa: E402
+from llama4_jax.host_memory import applied_mode, retain_freed_host_memory  # noqa: E402
 from llama4_jax.ops import moe as moe_ops  # noqa: E402
 
 EXPERTS = flags.DEFINE_list("experts", "8,16,32,64,128", "expert counts")
@@ -127,7 +127,7 @@ def main(argv):
   print(json.dumps({"benchmark": "moe_scaling", "tokens": tokens, "hidden": HIDDEN.value,
                     "expert_width": WIDTH.value, "top_k": TOP_K.value, "matmul_gflops": round(gflops, 1),
                     "copy_gbps": round(gbps, 2), "by_tokens": out,
-                    "host_malloc": requested_mode(), "jax": jax.__version__,
+                    "host_malloc": applied_mode(), "jax": jax.__version__,
                     "device": str(jax.devices()[0])}))
 
 

@@ -32,7 +32,7 @@ from configs import base as base_configs  # noqa: E402
 from llama4_jax.config import model_config  # noqa: E402
 from llama4_jax.data import verifiable  # noqa: E402
 from llama4_jax.data.tokenizer import ChatFormat, Tokenizer  # noqa: E402
-from llama4_jax.host_memory import requested_mode, retain_freed_host_memory  # noqa: E402
+from llama4_jax.host_memory import applied_mode, retain_freed_host_memory  # noqa: E402
 from llama4_jax.model import init_params  # noqa: E402
 from llama4_jax.sampling import Sampling  # noqa: E402
 from llama4_jax.train import rl, rollout  # noqa: E402
@@ -88,7 +88,7 @@ def main(argv):
       "median_update_s": round(med("update_s"), 4),
       "update_tokens_per_s": round(med("update_tokens") / med("update_s"), 1),
       "generated_tokens_per_step": med("generated"), "update_tokens_per_step": med("update_tokens"),
-      "rewards": [round(r["reward"], 3) for r in rows], "host_malloc": requested_mode(), "jax": jax.__version__,
+      "rewards": [round(r["reward"], 3) for r in rows], "host_malloc": applied_mode(), "jax": jax.__version__,
       "device": str(jax.devices()[0])}))
 
 

@@ -35,7 +35,7 @@ from ml_collections import config_flags  # noqa: E402
 
 import llama4_jax  # noqa: E402
 from llama4_jax.config import model_config  # noqa: E402
-from llama4_jax.host_memory import requested_mode, retain_freed_host_memory  # noqa: E402
+from llama4_jax.host_memory import applied_mode, retain_freed_host_memory  # noqa: E402
 from llama4_jax.model import init_params  # noqa: E402
 from llama4_jax.train.optimizer import make_optimizer  # noqa: E402
 from llama4_jax.train.step import LossConfig, init_state, train_step, synthetic_batch  # noqa: E402
@@ -190,7 +190,7 @@ def main(argv):
       "first_loss_hf": None if hf_first_loss is None else round(hf_first_loss, 6),
       "our_compile_and_first_step_s": round(compile_s, 2), "processor": platform.processor(),
       "machine": platform.machine(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-      "host_malloc": requested_mode(), "torch": torch.__version__, "transformers": transformers.__version__,
+      "host_malloc": applied_mode(), "torch": torch.__version__, "transformers": transformers.__version__,
       "jax": jax.__version__,
       "device": str(jax.devices()[0])}))
 

@@ -13,6 +13,12 @@ mmapped heaps that cannot hold these blocks). Memory is then reused from step to
 stays near its peak instead of falling between steps. It must run before JAX starts its CPU backend (the first
 array or `jax.devices()`): the entry points and benchmarks call it first thing, and `tests/conftest.py` too.
 Set LLAMA4_JAX_HOST_MALLOC=system to keep the C library's defaults. Other C libraries (macOS, musl) are left alone.
+
+The cost is memory: one arena with mmap off cannot hand back the holes between live blocks, so the heap grows past
+the peak the defaults need. Where a run's training state is a large share of the machine (an entry point passes
+`state_bytes`), the defaults are kept unless LLAMA4_JAX_HOST_MALLOC=retain is set explicitly: the `small` preset's
+train step (0.5B parameters, 8 GB of state) was killed at 24 GiB with the settings and peaked at 17.3 GB without them,
+at the same step time.
 """
 
 from __future__ import annotations
@@ -30,6 +36,12 @@ _M_MMAP_MAX = -4
 _M_ARENA_MAX = -8
 _INT_MAX = 2**31 - 1
 
+# A training state above this share of physical memory keeps the C library's defaults (unless retain is asked for).
+RETAIN_MAX_FRACTION = 0.125
+STATE_BYTES_PER_PARAM = 16  # float32 parameters, gradients and two Adam moments
+
+_applied = {"mode": None}
+
 
 def _glibc():
   """The running glibc as a ctypes library, or None on other platforms or C libraries."""
@@ -44,8 +56,17 @@ def _glibc():
   return libc if hasattr(libc, "mallopt") else None
 
 
-def retain_freed_host_memory(trim_threshold_bytes: int = _INT_MAX, environ=None) -> dict[str, int] | None:
-  """Applies the settings above; returns them, or None where nothing was changed (other libc, or mode `system`).
+def physical_memory_bytes() -> int | None:
+  try:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+  except (ValueError, OSError):
+    return None
+
+
+def retain_freed_host_memory(trim_threshold_bytes: int = _INT_MAX, environ=None,
+                             state_bytes: int | None = None) -> dict[str, int] | None:
+  """Applies the settings above; returns them, or None where nothing was changed (other libc, mode `system`, or a
+  `state_bytes` above RETAIN_MAX_FRACTION of physical memory without an explicit LLAMA4_JAX_HOST_MALLOC=retain).
 
   Raises ValueError for an unknown LLAMA4_JAX_HOST_MALLOC value or a threshold mallopt cannot take (an int > 0).
   """
@@ -55,15 +76,35 @@ def retain_freed_host_memory(trim_threshold_bytes: int = _INT_MAX, environ=None)
     raise ValueError(f"{ENV_VAR}={environ[ENV_VAR]!r}: expected one of {', '.join(MODES)}")
   if not 0 < trim_threshold_bytes <= _INT_MAX:
     raise ValueError(f"trim_threshold_bytes={trim_threshold_bytes}: must be in 1..{_INT_MAX} (a C int)")
+  memory = physical_memory_bytes()
+  if (mode == "retain" and not environ.get(ENV_VAR, "").strip() and state_bytes is not None and memory
+      and state_bytes > RETAIN_MAX_FRACTION * memory):
+    _applied["mode"] = (f"system (training state {state_bytes / 2**30:.1f} GiB > {RETAIN_MAX_FRACTION:g} of "
+                        f"{memory / 2**30:.1f} GiB memory)")
+    return None
   libc = None if mode == "system" else _glibc()
   if libc is None:
+    _applied["mode"] = "system"
     return None
   settings = {"arena_max": (_M_ARENA_MAX, 1), "mmap_max": (_M_MMAP_MAX, 0),
               "trim_threshold": (_M_TRIM_THRESHOLD, trim_threshold_bytes)}
   for name, (param, value) in settings.items():
     if libc.mallopt(ctypes.c_int(param), ctypes.c_int(value)) != 1:
       raise OSError(f"mallopt({name}={value}) was refused by the C library")
+  _applied["mode"] = "retain"
   return {name: value for name, (_, value) in settings.items()}
+
+
+def training_state_bytes(model_cfg) -> int:
+  """A model config's float32 training state (parameters, gradients, two Adam moments), for `state_bytes`."""
+  from llama4_jax import param_count  # imports JAX, which starts no backend
+  return STATE_BYTES_PER_PARAM * param_count.count(model_cfg)["total"]
+
+
+def applied_mode(environ=None) -> str:
+  """What `retain_freed_host_memory` did in this process ('retain', 'system' or why the defaults were kept), or
+  the requested mode where it has not run; for benchmarks to record next to their numbers."""
+  return _applied["mode"] or requested_mode(environ)
 
 
 def requested_mode(environ=None) -> str:

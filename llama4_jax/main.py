@@ -43,6 +43,15 @@ def initialize_distributed() -> None:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  # Before the CPU backend starts: steps reuse their buffers' memory, unless the training state is a large share of
+  # the machine (llama4_jax/host_memory.py).
+  from llama4_jax.config import ConfigError, model_config
+  from llama4_jax.host_memory import retain_freed_host_memory, training_state_bytes
+  try:
+    state_bytes = training_state_bytes(model_config(_CONFIG.value))
+  except (ConfigError, ValueError, TypeError, KeyError, AttributeError):
+    state_bytes = None  # a bad model section: the experiment's checks below name it, with its stage
+  retain_freed_host_memory(state_bytes=state_bytes)
   initialize_distributed()
   from llama4_jax.train.loop import NonFiniteError, Preempted, train_and_evaluate
   try:
@@ -56,6 +65,4 @@ def main(argv):
 
 if __name__ == "__main__":
   sys.path.insert(0, os.getcwd())  # experiment configs import `configs.*` from the repository root
-  from llama4_jax.host_memory import retain_freed_host_memory
-  retain_freed_host_memory()  # before the CPU backend starts: steps reuse their buffers' memory
   app.run(main)

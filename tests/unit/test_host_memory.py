@@ -17,7 +17,7 @@ _PROBE = f"""
 import ctypes, importlib.util, os
 spec = importlib.util.spec_from_file_location("hm", {host_memory.__file__!r})
 hm = importlib.util.module_from_spec(spec); spec.loader.exec_module(hm)
-print(hm.retain_freed_host_memory())
+print(hm.retain_freed_host_memory(state_bytes=int(os.environ["PROBE_STATE_BYTES"] or 0) or None))
 libc = ctypes.CDLL(None)
 libc.malloc.restype = ctypes.c_void_p; libc.malloc.argtypes = [ctypes.c_size_t]; libc.free.argtypes = [ctypes.c_void_p]
 rss = lambda: int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
@@ -26,8 +26,8 @@ print(before - rss())
 """
 
 
-def _probe(mode: str | None) -> tuple[str, int]:
-  env = dict(os.environ, **{host_memory.ENV_VAR: mode or ""})
+def _probe(mode: str | None, state_bytes: int | None = None) -> tuple[str, int]:
+  env = dict(os.environ, **{host_memory.ENV_VAR: mode or ""}, PROBE_STATE_BYTES=str(state_bytes or ""))
   if mode is None:
     del env[host_memory.ENV_VAR]  # what the entry points see when nobody sets it
   out = subprocess.run([sys.executable, "-c", _PROBE], env=env, capture_output=True, text=True, check=True, timeout=60)
@@ -69,3 +69,33 @@ def test_bad_threshold_is_named(threshold):
 
 def test_system_mode_changes_nothing():
   assert host_memory.retain_freed_host_memory(environ={host_memory.ENV_VAR: " System "}) is None
+
+
+@pytest.mark.skipif(not GLIBC or not host_memory.physical_memory_bytes(), reason="glibc and a known memory size")
+def test_a_large_training_state_keeps_the_defaults_unless_retain_is_set():
+  """One arena without mmap grows past the defaults' peak (the `small` preset was killed at 24 GiB): a training state
+  above RETAIN_MAX_FRACTION of memory keeps the defaults, a small one gets the settings, an explicit retain wins."""
+  large = int(host_memory.physical_memory_bytes() * host_memory.RETAIN_MAX_FRACTION) + 1
+  applied, released = _probe(None, large)
+  assert applied == "None" and released > BLOCK // 2, (applied, released)
+  applied, released = _probe(None, 1 << 20)
+  assert applied.startswith("{'arena_max': 1") and released < BLOCK // 8, (applied, released)
+  applied, released = _probe("retain", large)
+  assert applied.startswith("{'arena_max': 1") and released < BLOCK // 8, (applied, released)
+
+
+def test_applied_mode_says_why_the_defaults_were_kept():
+  large = int((host_memory.physical_memory_bytes() or 1 << 40) * host_memory.RETAIN_MAX_FRACTION) + (1 << 30)
+  if host_memory.physical_memory_bytes():
+    assert host_memory.retain_freed_host_memory(environ={}, state_bytes=large) is None
+    assert host_memory.applied_mode().startswith("system (training state ")
+  assert host_memory.retain_freed_host_memory(environ={host_memory.ENV_VAR: "system"}) is None
+  assert host_memory.applied_mode() == "system"
+
+
+def test_training_state_bytes_counts_sixteen_bytes_per_parameter():
+  from configs import base
+  from llama4_jax import param_count
+  from llama4_jax.config import model_config
+  cfg = model_config(base.get_config("small"))
+  assert host_memory.training_state_bytes(cfg) == 16 * param_count.count(cfg)["total"] > 8 << 30
