@@ -101,17 +101,18 @@ def linear_shared(x, ws, n_in: int = 1):
   return _linear_shared_fwd(x, ws, n_in)[0]
 
 
-def _joined(x, ws, n_in):
-  flat = [_flat(x, w, n_in) for w in ws]
-  return flat[0][0], jnp.concatenate([w_KNi for _, w_KNi in flat], axis=1), [w_KNi.shape[1] for _, w_KNi in flat]
+def _joined(ws, k: int):
+  """The weights as one [K, N1 + N2 + ...] matrix (their output dims flattened)."""
+  return jnp.concatenate([w.reshape(k, -1) for w in ws], axis=1)
 
 
 def _linear_shared_fwd(x, ws, n_in):
-  x_MK, w_KN, widths = _joined(x, ws, n_in)
-  y_MN = matmul(x_MK, w_KN).astype(x.dtype)
+  x_MK = [_flat(x, w, n_in) for w in ws][0][0]  # (every weight's input dims checked)
+  y_MN = matmul(x_MK, _joined(ws, x_MK.shape[1])).astype(x.dtype)
   lead = x.shape[:x.ndim - n_in]
   outs, start = [], 0
-  for w, n in zip(ws, widths):
+  for w in ws:
+    n = math.prod(w.shape[n_in:])
     outs.append(y_MN[:, start:start + n].reshape(*lead, *w.shape[n_in:]))
     start += n
   # The weights themselves are kept (what one `linear` per weight keeps), not their joined copy: the backward joins
@@ -122,9 +123,8 @@ def _linear_shared_fwd(x, ws, n_in):
 def _linear_shared_bwd(n_in, res, gs):
   x_MK, ws, x_shape = res
   m = x_MK.shape[0]
-  w_KN = jnp.concatenate([w.reshape(x_MK.shape[1], -1) for w in ws], axis=1)
   g_MN = jnp.concatenate([g.reshape(m, -1).astype(x_MK.dtype) for g in gs], axis=1)
-  dx = matmul_nt(g_MN, w_KN).astype(x_MK.dtype).reshape(x_shape)
+  dx = matmul_nt(g_MN, _joined(ws, x_MK.shape[1])).astype(x_MK.dtype).reshape(x_shape)
   dw_KN = matmul_tn(x_MK, g_MN)
   dws, start = [], 0
   for w in ws:
