@@ -20,8 +20,9 @@ from llama4_jax.ops.linear import linear, linear_shared
 from llama4_jax.sharding import BATCH_AXES
 
 
-# q, k and v as one product (ops.linear.linear_shared) where the heads are not split over devices; a switch
-# for side-by-side timing.
+# q, k and v as one product (ops.linear.linear_shared) in training and plain forwards where the heads are not split
+# over devices. Not with a KV cache: joining copies the weights, which a decode step's few rows would not repay (it
+# would triple the weight traffic of a memory-bound step). A switch for side-by-side timing.
 FUSE_QKV = True
 
 
@@ -41,8 +42,7 @@ class Attention(nn.Module):
     wk = declare(self, "k", (d, g, k), ("embed", "kv_heads", "head_dim"), cfg).astype(dt)
     wv = declare(self, "v", (d, g, k), ("embed", "kv_heads", "head_dim"), cfg).astype(dt)
     wo = declare(self, "o", (h, k, d), ("heads", "head_dim", "embed"), cfg).astype(dt)
-    if FUSE_QKV and (self.parallel is None or self.parallel.mesh.shape["tensor"] == 1):
-      # One product for the three (the joined weight would need re-sharding where heads are split over devices).
+    if FUSE_QKV and kv_cache is None and (self.parallel is None or self.parallel.mesh.shape["tensor"] == 1):
       q_BLHK, k_BLGK, v_BLGK = linear_shared(x_BLD, (wq, wk, wv))
     else:
       q_BLHK, k_BLGK, v_BLGK = linear(x_BLD, wq), linear(x_BLD, wk), linear(x_BLD, wv)

@@ -221,3 +221,20 @@ def test_prefill_memory_grows_linearly_with_the_prompt(params):
 
   small, large = temp_bytes(4096), temp_bytes(8192)
   assert large <= 2.2 * small, (small, large)
+
+
+def test_forward_joins_q_k_v_and_the_cached_decode_does_not(params, monkeypatch):
+  """A forward without a cache runs q, k and v as one product (ops.linear.linear_shared); a KV-cache step keeps
+  three (joining copies the weights, which a decode step's few rows do not repay). The cached-decode-equals-forward
+  tests above then compare the two paths."""
+  from llama4_jax.model import apply
+  from llama4_jax.model import attention as attention_module
+  joined = []
+  real = attention_module.linear_shared
+  monkeypatch.setattr(attention_module, "linear_shared", lambda *a, **k: joined.append(1) or real(*a, **k))
+  tokens = jnp.zeros((2, 9), jnp.int32)
+  jax.make_jaxpr(lambda p: apply(CFG, p, tokens))(params)
+  assert joined  # (traced once per layer, or more where a scan body is traced twice)
+  joined.clear()
+  jax.make_jaxpr(lambda p, c: decode_block(CFG, p, tokens[:, :1], c))(params, init_cache(CFG, 2, 16))
+  assert not joined
