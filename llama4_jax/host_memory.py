@@ -96,9 +96,12 @@ def retain_freed_host_memory(trim_threshold_bytes: int = _INT_MAX, environ=None,
 
 
 def training_state_bytes(model_cfg) -> int:
-  """A model config's float32 training state (parameters, gradients, two Adam moments), for `state_bytes`."""
-  from llama4_jax import param_count  # imports JAX, which starts no backend
-  return STATE_BYTES_PER_PARAM * param_count.count(model_cfg)["total"]
+  """A model config's float32 training state (parameters, gradients, two Adam moments), for `state_bytes`. Counted
+  from the config alone: a JAX call here would start the backend (and, multi-process, before jax.distributed)."""
+  from llama4_jax import param_count  # imports JAX, which starts nothing
+  params = param_count.text_param_count(model_cfg)
+  params += param_count.vision_param_count(model_cfg.vision, model_cfg.hidden_size)
+  return STATE_BYTES_PER_PARAM * params
 
 
 def applied_mode(environ=None) -> str:

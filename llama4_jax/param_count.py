@@ -32,6 +32,20 @@ def vision_param_count(v: VisionConfig | None, text_hidden: int) -> int:
   return count
 
 
+def text_param_count(cfg: ModelConfig) -> int:
+  """The text model's parameters from its config alone: no JAX call, so an entry point can size things before the
+  backend starts. Equals `count(cfg)["text_total"]` (tests/unit/test_param_count.py)."""
+  d, h, g, k = cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+  total = 2 * cfg.vocab_size * d + d  # embedding, output head, final norm
+  for i in range(cfg.num_hidden_layers):
+    total += d * (h + 2 * g) * k + h * k * d + 2 * d  # q, k, v, o; two norms
+    if cfg.is_moe_layer(i):
+      total += d * cfg.num_local_experts + (cfg.num_local_experts + 1) * 3 * d * cfg.intermediate_size
+    else:
+      total += 3 * d * cfg.intermediate_size_mlp
+  return total
+
+
 def count(cfg: ModelConfig) -> dict[str, int]:
   from llama4_jax.model import param_shapes
 

@@ -8,7 +8,7 @@ import pytest
 from configs import models
 from configs import base
 from llama4_jax.config import from_config_dict, model_config
-from llama4_jax.param_count import count
+from llama4_jax.param_count import count, text_param_count
 
 
 def _count(name):
@@ -71,3 +71,15 @@ def test_gpu_1b_is_about_one_billion_active():
   assert c["total"] == 3_243_706_368
   assert c["active_text"] - c["embedding"] == 1_006_831_616
   assert c["routed_experts"] == 8 * 8 * 3 * 2048 * 4096  # 8 MoE layers of 8 experts
+
+
+@pytest.mark.parametrize("name", sorted(models.PRESETS))
+def test_closed_form_text_count_equals_the_traced_one(name):
+  """`text_param_count` (no JAX call: the entry points size the host allocator with it before the backend starts)
+  equals the count from the model's own parameter shapes, for every preset and an odd layer pattern."""
+  cfg = from_config_dict(models.PRESETS[name]())
+  assert text_param_count(cfg) == count(cfg)["text_total"]
+  tiny = models.tiny()
+  tiny.update(dict(num_hidden_layers=12, interleave_moe_layer_step=3, num_local_experts=5))
+  odd = from_config_dict(tiny)
+  assert text_param_count(odd) == count(odd)["text_total"]
