@@ -89,7 +89,7 @@ def clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
   """
   def update(updates, state, params=None):
     del params
-    factor = jnp.minimum(1.0, max_norm / optax.global_norm(updates))  # a zero norm gives min(1, inf) = 1
+    factor = jnp.minimum(1.0, max_norm / optax.tree.norm(updates))  # a zero norm gives min(1, inf) = 1
     return jax.tree_util.tree_map(lambda t: t * factor.astype(t.dtype), updates), state
 
   return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
