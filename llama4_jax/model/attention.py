@@ -14,8 +14,9 @@ from llama4_jax.config import ModelConfig
 from llama4_jax.model.layers import declare, rms_normalize
 from llama4_jax.model.rope import rotate
 from llama4_jax.ops import kv_cache as kv_cache_ops
-from llama4_jax.ops.attention import (QUERY_BLOCK, cache_attention, chunked_self_attention, dot_product_attention,
-                                      pallas_self_attention, query_blocked_attention, temperature_scale)
+from llama4_jax.ops.attention import (QUERY_BLOCK, cache_attention, causal_self_attention, chunked_self_attention,
+                                      dot_product_attention, pallas_self_attention, query_blocked_attention,
+                                      temperature_scale)
 from llama4_jax.ops.linear import linear, linear_shared
 from llama4_jax.sharding import BATCH_AXES
 
@@ -73,6 +74,8 @@ class Attention(nn.Module):
       out_BLHK = chunked_self_attention(q_BLHK, k_BLGK, v_BLGK, positions_BL, segment_ids_BL, chunk, k ** -0.5)
     elif cfg.attention_impl == "xla" and x_BLD.shape[1] > 2 * QUERY_BLOCK:  # global attention over a long row
       out_BLHK = query_blocked_attention(q_BLHK, k_BLGK, v_BLGK, segment_ids_BL, k ** -0.5)
+    elif cfg.attention_impl == "xla":  # skips the keys past each block of queries ('dense' keeps the reference)
+      out_BLHK = causal_self_attention(q_BLHK, k_BLGK, v_BLGK, mask_BLL, k ** -0.5)
     else:
       out_BLHK = dot_product_attention(q_BLHK, k_BLGK, v_BLGK, mask_BLL, scale=k ** -0.5)
     return linear(out_BLHK, wo, 2)

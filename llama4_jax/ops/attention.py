@@ -58,13 +58,47 @@ def _flat_batch(*arrays):
   return tuple(a.reshape(-1, *a.shape[-2:]) for a in arrays)
 
 
-def _masked_softmax_forward(q_NMK, k_NSK, v_NSK, mask_NMS, scale: float):
+def _masked_logits(q_NMK, k_NSK, mask_NMS, scale: float):
+  """where(mask, q k^T * scale, -big) in float32, [*N, M, S]."""
   lead = q_NMK.shape[:-2]
-  q, k, v = _flat_batch(q_NMK, k_NSK, v_NSK)
+  q, k = _flat_batch(q_NMK, k_NSK)
   logits = matmul_nt(q, k).reshape(*lead, q.shape[1], k.shape[1]) * scale
-  probs = jax.nn.softmax(jnp.where(mask_NMS, logits, _MASK_VALUE), axis=-1)
-  out = matmul(probs.reshape(q.shape[0], *probs.shape[-2:]).astype(v.dtype), v)
-  return out.astype(v_NSK.dtype).reshape(*lead, *out.shape[-2:]), probs
+  return jnp.where(mask_NMS, logits, _MASK_VALUE)
+
+
+# [queries, keys] elements per matrix above which the backward recomputes the probabilities from the logits and
+# the saved row maxima and sums instead of keeping them: a 1k-token row's probabilities are 4 MB per head, written
+# by the forward and read back by the backward (through the layer scan's stacked residuals, a copy each way); the
+# logits cost one more [M, K] x [K, S] product. Small matrices (the banded chunks, short rows) keep the probabilities.
+SAVED_PROBS_MAX = 1 << 17
+
+
+def _recomputes_probs(q_NMK, k_NSK, keep_probs: bool) -> bool:
+  return not keep_probs and q_NMK.shape[-2] * k_NSK.shape[-2] > SAVED_PROBS_MAX
+
+
+def _masked_softmax_forward(q_NMK, k_NSK, v_NSK, mask_NMS, scale: float, keep_probs: bool = False):
+  """(output, probabilities, (row maxima, row sums of exp(logits - maxima)), each [*N, M, 1], or None)."""
+  z = _masked_logits(q_NMK, k_NSK, mask_NMS, scale)
+  stats = None
+  if _recomputes_probs(q_NMK, k_NSK, keep_probs):
+    top = jnp.max(z, axis=-1, keepdims=True)
+    total = jnp.sum(jnp.exp(z - top), axis=-1, keepdims=True)
+    probs, stats = _probs(z, (top, total)), (top, total)
+  else:
+    probs = jax.nn.softmax(z, axis=-1)
+  lead = q_NMK.shape[:-2]
+  (v,) = _flat_batch(v_NSK)
+  out = matmul(probs.reshape(v.shape[0], *probs.shape[-2:]).astype(v.dtype), v)
+  return out.astype(v_NSK.dtype).reshape(*lead, *out.shape[-2:]), probs, stats
+
+
+def _probs(z, stats):
+  """Softmax from the row statistics; the same expression in the forward and the backward (bit-identical). Not the
+  log-sum-exp alone: a fully masked row's logits are all -big, and -big + log(S) rounds to -big, so exp(z - lse)
+  would give it weights 1 instead of 1 / S."""
+  top, total = stats
+  return jnp.exp(z - top) / total
 
 
 SMALL_TRANSPOSE = 1 << 17  # elements per [queries, keys] matrix up to which dk / dv use a materialised transpose
@@ -80,23 +114,28 @@ def _matmul_tn_small(a_NMS, b_NMK):
   return matmul_tn(a_NMS, b_NMK)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
-def masked_attention(q_NMK, k_NSK, v_NSK, mask_NMS, scale: float):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+def masked_attention(q_NMK, k_NSK, v_NSK, mask_NMS, scale: float, keep_probs: bool = False):
   """softmax(where(mask, q k^T * scale, -big)) v over leading batch dims N, queries M, keys S (fp32 softmax).
 
-  Hand-written backward from the saved probabilities (four batched matmuls and one fused elementwise pass),
-  instead of autodiff's chain through the select, the max-subtraction and the normalisation.
+  Hand-written backward (four batched matmuls and one fused elementwise pass) instead of autodiff's chain through
+  the select, the max-subtraction and the normalisation; from the saved probabilities, or for large matrices
+  (SAVED_PROBS_MAX) from probabilities recomputed from the logits and each row's maximum and sum (as flash
+  attention keeps its log-sum-exp). `keep_probs`: always keep them (for callers under `jax.checkpoint`, whose
+  backward runs the forward again anyway).
   """
-  return _masked_softmax_forward(q_NMK, k_NSK, v_NSK, mask_NMS, scale)[0]
+  return _masked_softmax_forward(q_NMK, k_NSK, v_NSK, mask_NMS, scale, keep_probs)[0]
 
 
-def _masked_attention_fwd(q_NMK, k_NSK, v_NSK, mask_NMS, scale):
-  out, probs = _masked_softmax_forward(q_NMK, k_NSK, v_NSK, mask_NMS, scale)
-  return out, (q_NMK, k_NSK, v_NSK, mask_NMS, probs)
+def _masked_attention_fwd(q_NMK, k_NSK, v_NSK, mask_NMS, scale, keep_probs):
+  out, probs, stats = _masked_softmax_forward(q_NMK, k_NSK, v_NSK, mask_NMS, scale, keep_probs)
+  return out, (q_NMK, k_NSK, v_NSK, mask_NMS, probs if stats is None else stats)
 
 
-def _masked_attention_bwd(scale, res, g_NMK):
+def _masked_attention_bwd(scale, keep_probs, res, g_NMK):
   q_NMK, k_NSK, v_NSK, mask_NMS, probs = res
+  if _recomputes_probs(q_NMK, k_NSK, keep_probs):  # the residual is the row statistics
+    probs = _probs(_masked_logits(q_NMK, k_NSK, mask_NMS, scale), probs)
   q, k, v, g = _flat_batch(q_NMK, k_NSK, v_NSK, g_NMK.astype(v_NSK.dtype))
   dprobs = matmul_nt(g, v).reshape(probs.shape)
   # d logits = p * (dp - sum_s p dp); masked logits were constants (a fully masked row's uniform p included).
@@ -111,7 +150,7 @@ def _masked_attention_bwd(scale, res, g_NMK):
 masked_attention.defvjp(_masked_attention_fwd, _masked_attention_bwd)
 
 
-def cache_attention(q_BLHK, k_BGSK, v_BGSK, mask_BLS, scale: float) -> jnp.ndarray:
+def cache_attention(q_BLHK, k_BGSK, v_BGSK, mask_BLS, scale: float, keep_probs: bool = False) -> jnp.ndarray:
   """Grouped-query attention over keys and values laid out [B, G, S, K] (the KV cache's layout, ops/kv_cache.py):
   query head h reads KV head h // (H / G). Returns [B, L, H, K]."""
   b, l, h, kd = q_BLHK.shape
@@ -121,8 +160,28 @@ def cache_attention(q_BLHK, k_BGSK, v_BGSK, mask_BLS, scale: float) -> jnp.ndarr
   # operands as they lie (no transposed copy of the keys or values).
   q_BGMK = jnp.transpose(q_BLHK.reshape(b, l, g, r, kd), (0, 2, 3, 1, 4)).reshape(b, g, r * l, kd)
   mask_B1MS = jnp.broadcast_to(mask_BLS[:, None, None], (b, 1, r, l, s)).reshape(b, 1, r * l, s)
-  out_BGMK = masked_attention(q_BGMK, k_BGSK, v_BGSK, mask_B1MS, scale)
+  out_BGMK = masked_attention(q_BGMK, k_BGSK, v_BGSK, mask_B1MS, scale, keep_probs)
   return jnp.transpose(out_BGMK.reshape(b, g, r, l, kd), (0, 3, 1, 2, 4)).reshape(b, l, h, kd)
+
+
+CAUSAL_BLOCK = 256  # queries per block of `causal_self_attention`
+
+
+def causal_self_attention(q_BLHK, k_BLGK, v_BLGK, mask_BLL, scale: float, block: int = CAUSAL_BLOCK):
+  """`dot_product_attention` of a row over its own keys under a mask that is causal by slot and lets every query
+  see its own slot (the masks of `self_attention_masks`), one block of `block` queries at a time against only the
+  keys up to the block's end: the keys after it are masked for every query of the block, and with no row fully
+  masked their weights were exactly zero, so the result is the same at (L + block) / 2L of the dense cost
+  (62.5% for 1k tokens in blocks of 256). Rows of at most `block` tokens take the dense path as it is."""
+  l = q_BLHK.shape[1]
+  if l <= block:
+    return dot_product_attention(q_BLHK, k_BLGK, v_BLGK, mask_BLL, scale)
+  outs = []
+  for start in range(0, l, block):
+    end = min(start + block, l)
+    outs.append(dot_product_attention(q_BLHK[:, start:end], k_BLGK[:, :end], v_BLGK[:, :end],
+                                      mask_BLL[:, start:end, :end], scale))
+  return jnp.concatenate(outs, axis=1)
 
 
 def _blocks(x, n: int, c: int):
@@ -159,18 +218,18 @@ def chunked_self_attention(q_BLHK, k_BLGK, v_BLGK, positions_BL, segment_ids_BL,
   mask &= (kv_index.reshape(b * n, 2 * c) >= 0)[:, None, :]
   mask_BNQS = mask.reshape(b, n, c, 2 * c)
 
-  def band(q, k, v, m):  # [B, ..., C, G, R, K] queries against their [B, ..., 2C, G, K] band
+  def band(q, k, v, m, keep_probs=False):  # [B, ..., C, G, R, K] queries against their [B, ..., 2C, G, K] band
     *lead, cq, gq, rq, kq = q.shape
     q_GMK = jnp.moveaxis(q, -4, -2).reshape(*lead, gq, rq * cq, kq)  # [..., G, (R, C), K]
     k_GSK, v_GSK = jnp.swapaxes(k, -3, -2), jnp.swapaxes(v, -3, -2)  # [..., G, 2C, K]
     m_1MS = jnp.broadcast_to(m[..., None, :, :], (*lead, rq, cq, m.shape[-1])).reshape(*lead, 1, rq * cq, -1)
-    out = masked_attention(q_GMK, k_GSK, v_GSK, m_1MS, scale).reshape(*lead, gq, rq, cq, kq)
+    out = masked_attention(q_GMK, k_GSK, v_GSK, m_1MS, scale, keep_probs).reshape(*lead, gq, rq, cq, kq)
     return jnp.moveaxis(out, -2, -4)  # [..., C, G, R, K]
 
   if n > 2 and l > 2 * QUERY_BLOCK:
     # Long rows: one chunk at a time, recomputed in the backward pass, so only one chunk's [C, 2C] logits are live
     # (all chunks at once cost O(L * 2C) floats per head, e.g. gigabytes at 32k tokens with 1k chunks).
-    one = jax.checkpoint(lambda xs: band(*xs))
+    one = jax.checkpoint(lambda xs: band(*xs, keep_probs=True))
     out = jnp.moveaxis(jax.lax.map(one, tuple(jnp.moveaxis(x, 1, 0) for x in (q_BNCGRK, k_BNSGK, v_BNSGK,
                                                                                mask_BNQS))), 0, 1)
   else:
@@ -202,7 +261,7 @@ def query_blocked_attention(q_BLHK, k_BLGK, v_BLGK, segment_ids_BL, scale: float
     # Global layers have no chunk, so positions do not enter the mask.
     mask = attention_mask(jnp.broadcast_to(index_blk, seg_blk.shape), jnp.broadcast_to(kv_index_S, (b, l)),
                           seg_blk, segment_ids_BL, None, None)
-    return cache_attention(q_blk, k_BGSK, v_BGSK, mask, scale)
+    return cache_attention(q_blk, k_BGSK, v_BGSK, mask, scale, keep_probs=True)  # recomputed: keep them
 
   blocks = (jnp.moveaxis(q_BLHK.reshape(b, n, block, h, kd), 1, 0), index_L.reshape(n, block),
             jnp.moveaxis(seg_BL.reshape(b, n, block), 1, 0))

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from llama4_jax.ops import attention as attention_ops
-from llama4_jax.ops.attention import (attention_mask, dot_product_attention, masked_attention, self_attention_masks,
-                                      temperature_scale)
+from llama4_jax.ops.attention import (attention_mask, causal_self_attention, dot_product_attention, masked_attention,
+                                      self_attention_masks, temperature_scale)
 
 
 def _packed_row(doc_lengths, pad=0):
@@ -234,13 +234,18 @@ def test_query_blocked_attention_keeps_memory_linear_in_length():
   assert temp_bytes(dense, 4096) > 10 * temp_bytes(dense, 1024)
 
 
+# The probabilities kept (small matrices, or asked for), or recomputed (large matrices).
+@pytest.mark.parametrize("saved_probs_max, keep_probs", [(1 << 17, False), (0, False), (0, True)])
 @pytest.mark.parametrize("small_transpose", [0, 1 << 17])  # dk / dv in the transposed form, or from a copy
 @pytest.mark.parametrize("dtype, tol", [(jnp.float32, 1e-5), (jnp.bfloat16, 2e-2)])
-def test_masked_attention_gradient_equals_autodiff_of_the_formula(dtype, tol, small_transpose, monkeypatch):
+def test_masked_attention_gradient_equals_autodiff_of_the_formula(dtype, tol, small_transpose, saved_probs_max,
+                                                                  keep_probs, monkeypatch):
   """The hand-written backward against autodiff of softmax(where(mask, q k^T s, min)) v, with a fully masked row
   (padding: uniform weights, no gradient through the constant logits) and leading batch dims; both forms of the
-  key and value gradients (small matrices from a materialised transpose, large ones as they lie)."""
+  key and value gradients (small matrices from a materialised transpose, large ones as they lie) and both
+  residuals (the probabilities, or each row's maximum and sum with the probabilities recomputed)."""
   monkeypatch.setattr(attention_ops, "SMALL_TRANSPOSE", small_transpose)
+  monkeypatch.setattr(attention_ops, "SAVED_PROBS_MAX", saved_probs_max)
   rs = np.random.RandomState(3)
   n1, n2, m, s, k = 2, 3, 5, 7, 4
   q, kk, v, w = (jnp.asarray(rs.randn(n1, n2, *shape).astype(np.float32)) for shape in ((m, k), (s, k), (s, k), (m, k)))
@@ -256,7 +261,11 @@ def test_masked_attention_gradient_equals_autodiff_of_the_formula(dtype, tol, sm
     return jnp.einsum("abms,absk->abmk", probs, v.astype(jnp.float32))
 
   args = tuple(a.astype(dtype) for a in (q, kk, v))
-  out, pullback = jax.vjp(lambda *a: masked_attention(*a, mask, scale), *args)
+  out, pullback = jax.vjp(lambda *a: masked_attention(*a, mask, scale, keep_probs), *args)
+  kept = saved_probs_max > 0 or keep_probs
+  residual_shapes = {tuple(x.shape) for x in jax.tree_util.tree_leaves(pullback)}
+  assert ((n1, n2, m, s) in residual_shapes) == kept  # [M, S] probabilities kept or not
+  assert ((n1, n2, m, 1) in residual_shapes) == (not kept)  # per-row statistics instead
   ref, ref_pullback = jax.vjp(formula, q, kk, v)
   np.testing.assert_allclose(np.asarray(out, np.float32), np.asarray(ref), atol=tol, rtol=tol)
   uniform = np.asarray(v[0, 0].astype(dtype), np.float32).mean(0)  # the masked row: uniform over the keys
@@ -267,3 +276,36 @@ def test_masked_attention_gradient_equals_autodiff_of_the_formula(dtype, tol, sm
     scale_r = float(jnp.abs(r).max())
     np.testing.assert_allclose(np.asarray(g, np.float32), np.asarray(r), atol=tol * scale_r, rtol=tol, err_msg=name)
   assert float(jnp.abs(grads[0][0, 0, 2]).max()) == 0.0  # the fully masked row's query gets no gradient
+
+
+@pytest.mark.parametrize("b,l,h,g,k,block,chunk", [(2, 37, 4, 2, 8, 8, None), (1, 40, 6, 3, 6, 16, 8),
+                                                   (1, 9, 2, 1, 4, 16, None), (2, 24, 4, 2, 4, 8, 5)])
+def test_causal_self_attention_equals_dense_reference(b, l, h, g, k, block, chunk, monkeypatch):
+  """Query blocks against only the keys up to their end: the dense reference's values and gradients at every row
+  (padding rows included: each sees its own slot), on packed rows with global or chunked masks, odd lengths, with
+  both residual forms; and the compiled program really does fewer FLOPs than the dense one."""
+  rs = np.random.RandomState(l + block)
+  q, kk, v, w = (jnp.asarray(rs.randn(b, l, n, k), jnp.float32) for n in (h, g, g, h))
+  seg = np.ones((b, l), np.int32)
+  seg[:, l // 3:] = 2
+  seg[:, l - 2:] = 0  # trailing padding
+  pos = np.concatenate([np.arange(l // 3), np.arange(l - l // 3)])[None].repeat(b, 0).astype(np.int32)
+  global_mask, chunked = self_attention_masks(jnp.asarray(pos), jnp.asarray(seg), chunk)
+  mask = global_mask if chunk is None else chunked
+  blocked = lambda q, kk, v: causal_self_attention(q, kk, v, mask, 0.3, block)  # noqa: E731
+  dense = lambda q, kk, v: dot_product_attention(q, kk, v, mask, 0.3)  # noqa: E731
+  for saved_probs_max in (1 << 17, 0):
+    monkeypatch.setattr(attention_ops, "SAVED_PROBS_MAX", saved_probs_max)
+    np.testing.assert_allclose(np.asarray(blocked(q, kk, v)), np.asarray(dense(q, kk, v)), rtol=1e-5, atol=1e-6)
+    loss = lambda fn: lambda q, kk, v: jnp.sum(fn(q, kk, v) * w)  # noqa: E731
+    for gb, gr in zip(jax.grad(loss(blocked), argnums=(0, 1, 2))(q, kk, v),
+                      jax.grad(loss(dense), argnums=(0, 1, 2))(q, kk, v)):
+      np.testing.assert_allclose(np.asarray(gb), np.asarray(gr), rtol=1e-4, atol=1e-5)
+
+  def flops(fn):
+    return jax.jit(fn).lower(q, kk, v).compile().cost_analysis()["flops"]
+
+  if l > block:
+    assert flops(blocked) < 0.85 * flops(dense)
+  else:
+    assert flops(blocked) == flops(dense)

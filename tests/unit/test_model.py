@@ -185,6 +185,29 @@ def test_long_rows_use_query_blocked_global_attention(tiny, monkeypatch):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
 
 
+def test_short_rows_skip_the_keys_past_each_query_block(tiny, monkeypatch):
+  """Rows within the dense path run `causal_self_attention` (query blocks against the keys up to their end; the
+  block is shrunk so that the tiny rows span several): same logits and gradients as the dense reference."""
+  import llama4_jax.model.attention as attention_module
+  cfg, params = tiny
+  _, tokens, positions, segments = _packed(cfg, N)
+  calls = []
+  original = attention_module.causal_self_attention
+  monkeypatch.setattr(attention_module, "causal_self_attention",
+                      lambda *a, **k: calls.append(a[0].shape[1]) or original(*a, block=3, **k))
+
+  def loss(p, c):
+    logits, _ = apply(c, p, jnp.asarray(tokens), jnp.asarray(positions), jnp.asarray(segments))
+    return jnp.sum(logits ** 2) * 1e-3, logits
+
+  (_, blocked), g_blocked = jax.value_and_grad(loss, has_aux=True)(params, cfg)
+  assert calls and all(length > 3 for length in calls), calls
+  (_, dense), g_dense = jax.value_and_grad(loss, has_aux=True)(params, cfg.replace(attention_impl="dense"))
+  np.testing.assert_allclose(np.asarray(blocked), np.asarray(dense), rtol=1e-5, atol=1e-5)
+  for a, b in zip(jax.tree_util.tree_leaves(g_blocked), jax.tree_util.tree_leaves(g_dense)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
+
+
 def test_bfloat16_activations(tiny):
   cfg, params = tiny
   docs, _, _, _ = _packed(cfg, N)
