@@ -67,7 +67,8 @@ def small():
   m.update(dict(vocab_size=32768, hidden_size=768, num_hidden_layers=16, num_attention_heads=12,
                 num_key_value_heads=4, head_dim=64, intermediate_size=1536, intermediate_size_mlp=3072,
                 num_local_experts=16, num_experts_per_tok=1, interleave_moe_layer_step=2, attention_chunk_size=1024,
-                max_position_embeddings=16384, floor_scale=1024.0, bos_token_id=0, eos_token_id=1, pad_token_id=2))
+                max_position_embeddings=16384, floor_scale=1024.0, bos_token_id=0, eos_token_id=1, pad_token_id=2,
+                scan_unroll=0))  # auto: its four super-blocks unrolled (no loop: no stacked residuals to copy)
   m.rope_scaling = _llama3_scaling(True, original=2048)
   return m
 

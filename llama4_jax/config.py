@@ -21,7 +21,7 @@ ATTENTION_IMPLS = ("xla", "dense", "pallas")
 KERNEL_KEYS = {"moe": "moe_impl", "attention": "attention_impl", "interpret": "kernel_interpret",
                "capacity_factor": "moe_capacity_factor"}
 ROPE_TYPES = ("default", "llama3", "linear", "ntk", "dynamic", "yarn")
-FULL_UNROLL_MAX_BLOCKS = 2  # `scan_unroll = 0` (auto) unrolls stacks of at most this many super-blocks
+FULL_UNROLL_MAX_BLOCKS = 4  # `scan_unroll = 0` (auto) unrolls stacks of at most this many super-blocks
 
 
 class ConfigError(ValueError):

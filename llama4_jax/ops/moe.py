@@ -170,10 +170,17 @@ def overflow_runs(group_sizes_E, cap: int, block: int):
   return experts_J, first_E[experts_J], blocks_E[experts_J], jnp.sum(blocks_E > 0).astype(jnp.int32)
 
 
+OVERFLOW_GROUP = 4  # overflow blocks an expert runs as one product while it has at least this many left
+
+
 def _for_overflow_blocks(runs, gate_up_EDCF, down_EFD, carry, block_fn, begin=None, end=None):
-  """Runs `block_fn(n, w_gate_up [D, 2F], w_down [F, D], inner)` over every overflow block n, one expert at a time:
-  its weights are sliced once per expert (a copy on CPU), not once per block. Per expert j, `begin(j, carry)` gives
-  the blocks' carry and `end(j, carry, inner)` folds it back (default: the carry itself)."""
+  """Runs `block_fn(n, blocks, w_gate_up [D, 2F], w_down [F, D], inner)` over every overflow block of every expert
+  with overflow, one expert at a time: its weights are sliced once per expert (a copy on CPU), not once per block.
+  An expert's blocks are contiguous, so they go OVERFLOW_GROUP at a time (`blocks` = OVERFLOW_GROUP: blocks n ...
+  n + OVERFLOW_GROUP - 1 as one product, at a better matmul rate than narrow ones), then one at a time for the rest
+  (`blocks` = 1); a badly balanced router (at initialisation, a few experts get several times their share) then
+  costs few narrow products. Per expert j, `begin(j, carry)` gives the blocks' carry and `end(j, carry, inner)`
+  folds it back (default: the carry itself)."""
   experts_J, first_J, blocks_J, num_runs = runs
   _, d, _, f = gate_up_EDCF.shape
   begin = begin or (lambda j, carry: carry)
@@ -182,8 +189,12 @@ def _for_overflow_blocks(runs, gate_up_EDCF, down_EFD, carry, block_fn, begin=No
   def one_expert(j, carry):
     w = experts_J[j]
     w_gate_up, w_down = gate_up_EDCF[w].reshape(d, 2 * f), down_EFD[w]
-    inner = jax.lax.fori_loop(first_J[j], first_J[j] + blocks_J[j],
-                              lambda n, c: block_fn(n, w_gate_up, w_down, c), begin(j, carry))
+    first, groups = first_J[j], blocks_J[j] // OVERFLOW_GROUP
+    inner = jax.lax.fori_loop(
+        0, groups, lambda i, c: block_fn(first + i * OVERFLOW_GROUP, OVERFLOW_GROUP, w_gate_up, w_down, c),
+        begin(j, carry))
+    inner = jax.lax.fori_loop(first + groups * OVERFLOW_GROUP, first + blocks_J[j],
+                              lambda n, c: block_fn(n, 1, w_gate_up, w_down, c), inner)
     return end(j, carry, inner)
 
   return jax.lax.fori_loop(0, num_runs, one_expert, carry)
@@ -204,10 +215,11 @@ def _experts_forward(x_RD, runs, gate_up_EDCF, down_EFD, cap: int, block: int):
   # inside a shard_map, as the loop carry must be).
   h_OCF = jnp.zeros_like(h_ECF, shape=(pad, 2, f))
 
-  def block_fn(n, w_gate_up, w_down, carry):  # overflow block n through its expert's weights
+  def block_fn(n, blocks, w_gate_up, w_down, carry):  # overflow blocks n ... n + blocks - 1 through their expert
     y_RD, h_OCF = carry
     # As one [D, 2F] matmul: a 3-D weight operand would keep XLA:CPU from its fast bf16 matmul.
-    h_BCF = matmul(_block_rows(x_RD, main + n * block, block), w_gate_up).astype(x_RD.dtype).reshape(-1, 2, f)
+    h_BCF = matmul(_block_rows(x_RD, main + n * block, blocks * block), w_gate_up).astype(x_RD.dtype)
+    h_BCF = h_BCF.reshape(-1, 2, f)
     y_BD = matmul(swiglu(h_BCF), w_down).astype(x_RD.dtype)
     return (jax.lax.dynamic_update_slice_in_dim(y_RD, y_BD, main + n * block, 0),
             jax.lax.dynamic_update_slice_in_dim(h_OCF, h_BCF, n * block, 0))
@@ -242,11 +254,11 @@ def _capacity_experts_bwd(cap, block, res, g_RD):
   dx_ED = matmul_nt(dh_ECF, gate_up_EDCF.reshape(e, d, 2 * f)).astype(x_RD.dtype)
   dx_RD = jnp.concatenate([dx_ED.reshape(main, d), jnp.zeros((x_RD.shape[0] - main, d), dx_ED.dtype)])
 
-  def block_fn(n, w_gate_up, w_down, carry):
+  def block_fn(n, blocks, w_gate_up, w_down, carry):
     dx_RD, dw_gate_up, dw_down = carry
-    start = main + n * block
-    x_BD, g_BD = _block_rows(x_RD, start, block), _block_rows(g_RD, start, block)
-    h_BCF = _block_rows(h_OCF, n * block, block)
+    start, rows = main + n * block, blocks * block
+    x_BD, g_BD = _block_rows(x_RD, start, rows), _block_rows(g_RD, start, rows)
+    h_BCF = _block_rows(h_OCF, n * block, rows)
     dw_down = dw_down + matmul_tn(swiglu(h_BCF), g_BD)
     dh_BCF = _swiglu_bwd(h_BCF, matmul_nt(g_BD, w_down).astype(x_RD.dtype))[0].reshape(-1, 2 * f)
     dw_gate_up = dw_gate_up + matmul_tn(x_BD, dh_BCF)

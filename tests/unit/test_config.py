@@ -73,13 +73,15 @@ def test_valid_edge_cases_are_accepted():
 
 
 def test_auto_scan_unroll_unrolls_short_stacks_only():
-  # 0 = auto: a stack of at most two super-blocks is unrolled whole (no loop); deeper stacks scan one per iteration,
+  # 0 = auto: a stack of at most four super-blocks is unrolled whole (no loop); deeper stacks scan one per iteration,
   # so that compile time does not grow with depth. Explicit values are kept as given.
-  assert [tiny_config(num_hidden_layers=n, scan_unroll=0).unroll for n in (4, 8, 12, 48)] == [1, 2, 1, 1]
+  assert [tiny_config(num_hidden_layers=n, scan_unroll=0).unroll for n in (4, 8, 12, 16, 20, 48)] == [1, 2, 3, 4, 1, 1]
   assert [tiny_config(num_hidden_layers=n, scan_unroll=3).unroll for n in (8, 48)] == [3, 3]
   tiny_preset = model_config(base_configs.get_config("tiny"))
   assert tiny_preset.scan_unroll == 0 and tiny_preset.unroll == 2
   assert tiny_preset.replace(num_hidden_layers=48).unroll == 1
+  small_preset = model_config(base_configs.get_config("small"))
+  assert small_preset.scan_unroll == 0 and small_preset.unroll == small_preset.num_blocks == 4
 
 
 def test_config_is_frozen():

@@ -7,8 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from llama4_jax.ops.moe import (block_rows_for, blocked_capacity, capacity_block_layout, load_statistics, moe_blocked,
-                                moe_dense, moe_gathered, moe_sort as _moe_sort, overflow_runs, route, sort_assignments)
+from llama4_jax.ops.moe import (OVERFLOW_GROUP, block_rows_for, blocked_capacity, capacity_block_layout, load_statistics,
+                                moe_blocked, moe_dense, moe_gathered, moe_sort as _moe_sort, overflow_runs, route,
+                                sort_assignments)
 
 
 # The tests keep separate gate / up weights; the ops take them fused as [E, D, 2, F].
@@ -164,12 +165,13 @@ def test_blocked_block_rows_follow_tokens_per_expert():
   assert block_rows_for(2048, 8, block=16) == 16
 
 
-@pytest.mark.parametrize("capacity_factor", [None, 0.5])
+@pytest.mark.parametrize("capacity_factor", [None, 0.5, 0.1])
 @pytest.mark.parametrize("dtype, tol", [(jnp.float32, 1e-4), (jnp.bfloat16, 3e-2)])
 def test_blocked_default_blocks_match_dense_with_partial_blocks(dtype, tol, capacity_factor):
-  """Default overflow blocks (T * k = 600, E = 4 -> 32 rows) over the default capacity and half the mean group
-  (then several full and partial overflow blocks per expert): outputs and all gradients equal the dense oracle; in
-  bf16 the weight gradients of the overflow blocks are summed in fp32."""
+  """Default overflow blocks (T * k = 600, E = 4 -> 32 rows) over the default capacity, half and a tenth of the mean
+  group (then several full and partial overflow blocks per expert; at a tenth, runs of OVERFLOW_GROUP blocks as one
+  product and single blocks after them): outputs and all gradients equal the dense oracle; in bf16 the weight
+  gradients of the overflow blocks are summed in fp32."""
   rs = np.random.RandomState(9)
   t, d, f, e, k = 300, 16, 8, 4, 2
   x_TD = jnp.asarray(rs.randn(t, d).astype(np.float32))
@@ -190,6 +192,11 @@ def test_blocked_default_blocks_match_dense_with_partial_blocks(dtype, tol, capa
   groups = np.bincount(np.asarray(experts_TK).ravel(), minlength=e)
   # The default capacity holds every group here (capacity part only); half the mean overflows (both parts).
   assert (groups > blocked_capacity(t * k, e, capacity_factor)).any() == (capacity_factor is not None)
+  blocks = -(-np.maximum(groups - blocked_capacity(t * k, e, capacity_factor), 0) // 32)
+  if capacity_factor == 0.1:  # grouped runs, and single blocks after a group
+    assert (blocks >= OVERFLOW_GROUP).all() and (blocks % OVERFLOW_GROUP > 0).any(), blocks
+  else:
+    assert (blocks < OVERFLOW_GROUP).all(), blocks
   fwd_b, grads_b = jax.jit(lambda: vjp(_fused(functools.partial(moe_blocked, capacity_factor=capacity_factor)),
                                        dtype))()
   fwd_d, grads_d = jax.jit(lambda: vjp(moe_dense, jnp.float32))()
