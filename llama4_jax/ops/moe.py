@@ -173,27 +173,29 @@ def overflow_runs(group_sizes_E, cap: int, block: int):
 OVERFLOW_GROUP = 4  # overflow blocks an expert runs as one product while it has at least this many left
 
 
-def _for_overflow_blocks(runs, gate_up_EDCF, down_EFD, carry, block_fn, begin=None, end=None):
+def _for_overflow_blocks(runs, gate_up_EDCF, down_EFD, carry, block_fn, region_blocks: int, begin=None,
+                         end=None):
   """Runs `block_fn(n, blocks, w_gate_up [D, 2F], w_down [F, D], inner)` over every overflow block of every expert
   with overflow, one expert at a time: its weights are sliced once per expert (a copy on CPU), not once per block.
   An expert's blocks are contiguous, so they go OVERFLOW_GROUP at a time (`blocks` = OVERFLOW_GROUP: blocks n ...
   n + OVERFLOW_GROUP - 1 as one product, at a better matmul rate than narrow ones), then one at a time for the rest
   (`blocks` = 1); a badly balanced router (at initialisation, a few experts get several times their share) then
   costs few narrow products. Per expert j, `begin(j, carry)` gives the blocks' carry and `end(j, carry, inner)`
-  folds it back (default: the carry itself)."""
+  folds it back (default: the carry itself). `region_blocks`: the overflow part's size in blocks (a group never
+  runs past an expert's blocks, but one wider than the whole part cannot even be traced)."""
   experts_J, first_J, blocks_J, num_runs = runs
   _, d, _, f = gate_up_EDCF.shape
+  group = max(1, min(OVERFLOW_GROUP, region_blocks))
   begin = begin or (lambda j, carry: carry)
   end = end or (lambda j, carry, inner: inner)
 
   def one_expert(j, carry):
     w = experts_J[j]
     w_gate_up, w_down = gate_up_EDCF[w].reshape(d, 2 * f), down_EFD[w]
-    first, groups = first_J[j], blocks_J[j] // OVERFLOW_GROUP
-    inner = jax.lax.fori_loop(
-        0, groups, lambda i, c: block_fn(first + i * OVERFLOW_GROUP, OVERFLOW_GROUP, w_gate_up, w_down, c),
-        begin(j, carry))
-    inner = jax.lax.fori_loop(first + groups * OVERFLOW_GROUP, first + blocks_J[j],
+    first, groups = first_J[j], blocks_J[j] // group
+    inner = jax.lax.fori_loop(0, groups, lambda i, c: block_fn(first + i * group, group, w_gate_up, w_down, c),
+                              begin(j, carry))
+    inner = jax.lax.fori_loop(first + groups * group, first + blocks_J[j],
                               lambda n, c: block_fn(n, 1, w_gate_up, w_down, c), inner)
     return end(j, carry, inner)
 
@@ -224,7 +226,7 @@ def _experts_forward(x_RD, runs, gate_up_EDCF, down_EFD, cap: int, block: int):
     return (jax.lax.dynamic_update_slice_in_dim(y_RD, y_BD, main + n * block, 0),
             jax.lax.dynamic_update_slice_in_dim(h_OCF, h_BCF, n * block, 0))
 
-  y_RD, h_OCF = _for_overflow_blocks(runs, gate_up_EDCF, down_EFD, (y_RD, h_OCF), block_fn)
+  y_RD, h_OCF = _for_overflow_blocks(runs, gate_up_EDCF, down_EFD, (y_RD, h_OCF), block_fn, pad // block)
   return y_RD, h_ECF, h_OCF
 
 
@@ -276,7 +278,7 @@ def _capacity_experts_bwd(cap, block, res, g_RD):
     return dx_RD, dgate_up.at[w].add(dw_gate_up.reshape(d, 2, f)), ddown.at[w].add(dw_down)
 
   dx_RD, dgate_up, ddown = _for_overflow_blocks(runs, gate_up_EDCF, down_EFD, (dx_RD, dgate_up, ddown), block_fn,
-                                                begin, end)
+                                                (x_RD.shape[0] - main) // block, begin, end)
   return dx_RD, None, dgate_up.astype(gate_up_EDCF.dtype), ddown.astype(down_EFD.dtype)
 
 

@@ -284,3 +284,24 @@ def test_capacity_dispatch_drops_exactly_the_excess_in_token_order(factor):
   assert (int(dropped) > 0) == (factor < 2.0)  # factor E / k = 2 reserves room for every assignment
   kept = jnp.where(jnp.asarray(keep.reshape(t, k)), scores, 0)
   np.testing.assert_allclose(np.asarray(y), np.asarray(moe_dense(x, kept, experts, g, u, dn)), rtol=1e-5, atol=1e-5)
+
+
+def test_blocked_with_fewer_overflow_blocks_than_a_group_matches_dense():
+  """Three assignments over two experts: the overflow part has fewer blocks than OVERFLOW_GROUP (a group that wide
+  could not even be traced), and every assignment beyond the capacity still goes through the single blocks."""
+  rs = np.random.RandomState(5)
+  t, d, f, e = 3, 8, 4, 2
+  x_TD = jnp.asarray(rs.randn(t, d).astype(np.float32))
+  scores_TK = jnp.asarray(rs.rand(t, 1).astype(np.float32))
+  experts_TK = jnp.zeros((t, 1), jnp.int32)  # all on expert 0: capacity 1 (factor 0.5), two overflow
+  gate, up, down = _weights(rs, e, d, f)
+  blocked = _fused(functools.partial(moe_blocked, capacity_factor=0.5))
+
+  def vjp(impl):
+    return jax.vjp(lambda x, g, u, dn: impl(x, scores_TK, experts_TK, g, u, dn), x_TD, gate, up, down)
+
+  (out_b, pull_b), (out_d, pull_d) = vjp(blocked), vjp(moe_dense)
+  np.testing.assert_allclose(np.asarray(out_b), np.asarray(out_d), rtol=1e-5, atol=1e-5)
+  w_TD = jnp.asarray(rs.randn(t, d).astype(np.float32))
+  for gb, gd in zip(pull_b(w_TD), pull_d(w_TD)):
+    np.testing.assert_allclose(np.asarray(gb), np.asarray(gd), rtol=1e-5, atol=1e-5)
