@@ -153,21 +153,30 @@ def test_fully_masked_row_gives_no_nan():
                              atol=1e-5)
 
 
+def _chunk_test_rows(b, l, c, layout):
+  """(positions, segment ids) [B, L]: 'packed' (a second document from l // 3, not on a chunk boundary),
+  'unpacked' (one document per row) or 'aligned' (documents of whole chunks); the last two slots are padding."""
+  cut = min(l, {"packed": l // 3, "unpacked": l, "aligned": c}[layout])
+  seg = np.ones((b, l), np.int32)
+  seg[:, cut:] = 2
+  seg[:, l - 2:] = 0  # trailing padding
+  pos = np.concatenate([np.arange(cut), np.arange(l - cut)])[None].repeat(b, 0).astype(np.int32)
+  return pos, seg
+
+
 @pytest.mark.parametrize("b,l,h,g,k,c", [(2, 21, 4, 2, 8, 8), (1, 37, 6, 3, 6, 5), (2, 64, 4, 4, 8, 16),
                                          (1, 10, 2, 1, 4, 16)])
 @pytest.mark.parametrize("long_row_path", [False, True])
-def test_banded_chunked_attention_equals_dense_reference(b, l, h, g, k, c, long_row_path, monkeypatch):
+@pytest.mark.parametrize("layout", ["packed", "unpacked", "aligned"])
+def test_banded_chunked_attention_equals_dense_reference(b, l, h, g, k, c, long_row_path, layout, monkeypatch):
+  """Values and gradients against the dense reference, through the band (packed) and the own-block shortcut."""
   from llama4_jax.ops import attention as attention_ops
   from llama4_jax.ops.attention import chunked_self_attention
   if long_row_path:  # rows count as long past 2 * QUERY_BLOCK: the chunk-at-a-time (mapped, rematerialised) path
     monkeypatch.setattr(attention_ops, "QUERY_BLOCK", 2)
   rs = np.random.RandomState(l)
   q, kk, v = (jnp.asarray(rs.randn(b, l, n, k), jnp.float32) for n in (h, g, g))
-  seg = np.ones((b, l), np.int32)
-  cut = l // 3
-  seg[:, cut:] = 2
-  seg[:, l - 2:] = 0  # trailing padding
-  pos = np.concatenate([np.arange(cut), np.arange(l - cut)])[None].repeat(b, 0).astype(np.int32)
+  pos, seg = _chunk_test_rows(b, l, c, layout)
   _, chunked = self_attention_masks(jnp.asarray(pos), jnp.asarray(seg), c)
   valid = jnp.asarray(seg != 0)[:, :, None, None]
 
@@ -183,6 +192,28 @@ def test_banded_chunked_attention_equals_dense_reference(b, l, h, g, k, c, long_
     np.testing.assert_allclose(np.asarray(gb), np.asarray(gr), rtol=1e-4, atol=1e-5)
   out = chunked_self_attention(q, kk, v, jnp.asarray(pos), jnp.asarray(seg), c, 0.3)
   assert np.isfinite(np.asarray(out)).all()
+  if layout == "unpacked":  # every row's padding slots, even the ones visible to nothing, keep their own output
+    np.testing.assert_allclose(np.asarray(out), np.asarray(dot_product_attention(q, kk, v, chunked, 0.3)),
+                               rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("layout, sees", [("packed", True), ("unpacked", False), ("aligned", False)])
+def test_chunked_attention_takes_the_own_block_shortcut_only_when_exact(layout, sees):
+  """The band's first half is needed exactly when some query sees a key of the previous block: a document that
+  continues past a block boundary inside its chunk. Unpacked rows and documents of whole chunks skip it."""
+  from llama4_jax.ops.attention import _blocks, sees_previous_block
+  b, l, c = 2, 32, 8
+  pos, seg = _chunk_test_rows(b, l, c, layout)
+  n = l // c
+  index = np.broadcast_to(np.arange(l, dtype=np.int32), (b, l))
+  kv = lambda x: _blocks(jnp.asarray(x), n, c).reshape(b * n, 2 * c)  # noqa: E731
+  band = attention_mask(index.reshape(b * n, c), kv(index + 1) - 1, seg.reshape(b * n, c), kv(seg),
+                        pos.reshape(b * n, c), kv(pos), chunk_size=c).reshape(b, n, c, 2 * c)
+  assert bool(sees_previous_block(band, c)) is sees
+  # The same answer as the dense mask: does any query see a key of the block before its own?
+  _, dense = self_attention_masks(jnp.asarray(pos), jnp.asarray(seg), c)
+  q_block, k_block = np.arange(l)[:, None] // c, np.arange(l)[None, :] // c
+  assert bool(np.any(np.asarray(dense) & (k_block == q_block - 1))) is sees
 
 
 @pytest.mark.parametrize("b,l,h,g,k,block", [(2, 53, 4, 2, 8, 16), (1, 40, 6, 3, 6, 8), (1, 9, 2, 1, 4, 16)])
