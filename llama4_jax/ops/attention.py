@@ -184,11 +184,15 @@ def causal_self_attention(q_BLHK, k_BLGK, v_BLGK, mask_BLL, scale: float, block:
   return jnp.concatenate(outs, axis=1)
 
 
+def _previous_block(x_BN):
+  """[B, N, ...] -> each block's predecessor along N (zeros before the first)."""
+  return jnp.concatenate([jnp.zeros_like(x_BN[:, :1]), x_BN[:, :-1]], axis=1)
+
+
 def _blocks(x, n: int, c: int):
   """[B, L, ...] (L == n * c) -> (previous block, block) concatenated: [B, n, 2c, ...]; block -1 is zeros."""
   xb = x.reshape(x.shape[0], n, c, *x.shape[2:])
-  prev = jnp.concatenate([jnp.zeros_like(xb[:, :1]), xb[:, :-1]], axis=1)
-  return jnp.concatenate([prev, xb], axis=2)
+  return jnp.concatenate([_previous_block(xb), xb], axis=2)
 
 
 def sees_previous_block(mask_BNQS, chunk_size: int) -> jnp.ndarray:
@@ -242,15 +246,14 @@ def chunked_self_attention(q_BLHK, k_BLGK, v_BLGK, positions_BL, segment_ids_BL,
     return jax.lax.cond(sees_previous_block(m, c), full, lambda: band(q, k, v, m[..., c:], keep_probs))
 
   k_BNCGK, v_BNCGK = k_BLGK.reshape(b, n, c, g, kd), v_BLGK.reshape(b, n, c, g, kd)
-  previous = lambda x: jnp.concatenate([jnp.zeros_like(x[:, :1]), x[:, :-1]], axis=1)  # noqa: E731
   if n > 2 and l > 2 * QUERY_BLOCK:
     # Long rows: one chunk at a time, recomputed in the backward pass, so only one chunk's [C, 2C] logits are live
     # (all chunks at once cost O(L * 2C) floats per head, e.g. gigabytes at 32k tokens with 1k chunks).
     one = jax.checkpoint(lambda xs: band_or_own(*xs, keep_probs=True))
-    blocks = (q_BNCGRK, previous(k_BNCGK), k_BNCGK, previous(v_BNCGK), v_BNCGK, mask_BNQS)
+    blocks = (q_BNCGRK, _previous_block(k_BNCGK), k_BNCGK, _previous_block(v_BNCGK), v_BNCGK, mask_BNQS)
     out = jnp.moveaxis(jax.lax.map(one, tuple(jnp.moveaxis(x, 1, 0) for x in blocks)), 0, 1)
   else:
-    out = band_or_own(q_BNCGRK, previous(k_BNCGK), k_BNCGK, previous(v_BNCGK), v_BNCGK, mask_BNQS)
+    out = band_or_own(q_BNCGRK, _previous_block(k_BNCGK), k_BNCGK, _previous_block(v_BNCGK), v_BNCGK, mask_BNQS)
   return out.reshape(b, n * c, h, kd)[:, :l]
 
 
