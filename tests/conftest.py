@@ -6,6 +6,19 @@ os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+# One persistent XLA compilation cache for the whole session: every xdist worker, every test module (each module's
+# programs are dropped from memory after it, see below) and the integration tests' subprocesses
+# (tests/integration/__init__.py). The process that creates the folder (pytest's main process; the workers inherit
+# the variable) removes it when it exits.
+CACHE_ENV = "LLAMA4_JAX_TESTS_XLA_CACHE"
+if CACHE_ENV not in os.environ:
+  import atexit
+  import shutil
+  import tempfile
+  os.environ[CACHE_ENV] = tempfile.mkdtemp(prefix="llama4_jax_tests_xla_cache_")
+  atexit.register(shutil.rmtree, os.environ[CACHE_ENV], ignore_errors=True)
+os.environ["JAX_COMPILATION_CACHE_DIR"] = os.environ[CACHE_ENV]
+
 from llama4_jax.host_memory import retain_freed_host_memory  # noqa: E402
 
 retain_freed_host_memory()  # as the entry points do, before the CPU backend starts: faster steps, faster suite

@@ -1,14 +1,11 @@
-"""The integration tests run the real commands in subprocesses. Those share one persistent XLA compilation cache, a
-temporary folder removed when the test session exits, so that a program the smoke runs repeat (the same train step
-in every run of a kill / resume / corruption test) is compiled once per session instead of once per run."""
+"""The integration tests run the real commands in subprocesses. Those share the session's persistent XLA compilation
+cache (tests/conftest.py: a temporary folder removed when the test session exits), so that a program the smoke runs
+repeat (the same train step in every run of a kill / resume / corruption test) is compiled once per session instead
+of once per run."""
 
-import atexit
 import os
-import shutil
-import tempfile
 
-_XLA_CACHE = tempfile.mkdtemp(prefix="llama4_jax_tests_xla_cache_")
-atexit.register(shutil.rmtree, _XLA_CACHE, ignore_errors=True)
+_XLA_CACHE = os.environ["JAX_COMPILATION_CACHE_DIR"]  # the session's cache (tests/conftest.py)
 
 
 def subprocess_env(**overrides) -> dict:
