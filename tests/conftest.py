@@ -23,6 +23,7 @@ if CACHE_ENV not in os.environ:
   os.environ[CACHE_ENV] = tempfile.mkdtemp(prefix="llama4_jax_tests_xla_cache_")
   atexit.register(shutil.rmtree, os.environ[CACHE_ENV], ignore_errors=True)
 os.environ["JAX_COMPILATION_CACHE_DIR"] = os.environ[CACHE_ENV]
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")  # every program (JAX's default: >= 1 s only)
 
 from llama4_jax.host_memory import retain_freed_host_memory  # noqa: E402
 
