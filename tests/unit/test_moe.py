@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from llama4_jax.ops.moe import (OVERFLOW_GROUP, block_rows_for, blocked_capacity, capacity_block_layout, load_statistics,
+                                overflow_block_bound,
                                 moe_blocked, moe_dense, moe_gathered, moe_sort as _moe_sort, overflow_runs, route,
                                 sort_assignments)
 
@@ -145,6 +146,31 @@ def test_overflow_runs_list_each_overflowing_experts_blocks_once():
   _, block_expert, num_used = capacity_block_layout(sizes, 24, cap=4, block=2)
   assert num_used == sum(blocks[:num_runs])  # the runs cover exactly the layout's overflow blocks, in its order
   assert np.asarray(block_expert)[:num_used].tolist() == [0] * 3 + [3] * 5
+
+
+def test_overflow_block_bound_holds_for_every_routing_and_is_reached():
+  """The overflow part's static size: never fewer blocks than some routing needs (random, skewed, and the extremes:
+  all on one expert, as many experts over capacity as fit), reached by one of them, and empty when no group can
+  exceed the capacity."""
+  rs = np.random.RandomState(3)
+  for a, e, cap, block in ((2048, 8, 304, 32), (600, 4, 10, 32), (600, 4, 30, 32), (64, 16, 2, 8), (7, 3, 3, 2),
+                           (32768, 128, 304, 32), (100, 4, 1, 16)):
+    bound = overflow_block_bound(a, e, cap, block)
+    need = lambda sizes: int(np.sum(-(-np.maximum(np.asarray(sizes) - cap, 0) // block)))  # noqa: E731
+    worst = 0
+    for s in range(1, min(e, a // (cap + 1)) + 1):  # s experts just over capacity by 1 row each but one
+      sizes = np.full(e, 0)
+      sizes[:s] = cap + 1
+      sizes[0] += a - sizes.sum()
+      worst = max(worst, need(sizes))
+    for _ in range(200):
+      sizes = rs.multinomial(a, rs.dirichlet(np.full(e, rs.choice([0.05, 0.5, 5.0]))))
+      assert need(sizes) <= bound, (a, e, cap, block, sizes)
+    assert need([a] + [0] * (e - 1)) <= bound and worst <= bound
+    assert bound == worst, (a, e, cap, block, bound, worst)
+    assert bound <= -(-a // block) + e  # never above block_layout's own bound
+  assert overflow_block_bound(2048, 8, 304, 32) == 55  # 72 without the capacity part's share
+  assert overflow_block_bound(300, 4, 300, 32) == 0 and overflow_block_bound(5, 8, 3, 2) == 1
 
 
 def test_blocked_capacity_is_the_mean_plus_three_sigma_unless_a_factor_is_given():
@@ -296,6 +322,31 @@ def test_blocked_with_fewer_overflow_blocks_than_a_group_matches_dense():
   experts_TK = jnp.zeros((t, 1), jnp.int32)  # all on expert 0: capacity 1 (factor 0.5), two overflow
   gate, up, down = _weights(rs, e, d, f)
   blocked = _fused(functools.partial(moe_blocked, capacity_factor=0.5))
+
+  def vjp(impl):
+    return jax.vjp(lambda x, g, u, dn: impl(x, scores_TK, experts_TK, g, u, dn), x_TD, gate, up, down)
+
+  (out_b, pull_b), (out_d, pull_d) = vjp(blocked), vjp(moe_dense)
+  np.testing.assert_allclose(np.asarray(out_b), np.asarray(out_d), rtol=1e-5, atol=1e-5)
+  w_TD = jnp.asarray(rs.randn(t, d).astype(np.float32))
+  for gb, gd in zip(pull_b(w_TD), pull_d(w_TD)):
+    np.testing.assert_allclose(np.asarray(gb), np.asarray(gd), rtol=1e-5, atol=1e-5)
+
+
+def test_blocked_without_an_overflow_part_matches_dense():
+  """A capacity no group can exceed (here the whole batch, all on one expert): the layout has no overflow rows and
+  no overflow loops are traced; outputs and gradients still equal the dense oracle."""
+  rs = np.random.RandomState(8)
+  t, d, f, e = 6, 8, 4, 3
+  x_TD = jnp.asarray(rs.randn(t, d).astype(np.float32))
+  scores_TK = jnp.asarray(rs.rand(t, 1).astype(np.float32))
+  experts_TK = jnp.asarray([[1]] * t, jnp.int32)
+  gate, up, down = _weights(rs, e, d, f)
+  cap = blocked_capacity(t, e, capacity_factor=3.0)
+  assert cap == t and overflow_block_bound(t, e, cap, 2) == 0
+  source, _, num_used = capacity_block_layout(jnp.bincount(experts_TK[:, 0], length=e), t, cap, 2)
+  assert source.shape == (e * cap,) and int(num_used) == 0
+  blocked = _fused(functools.partial(moe_blocked, capacity_factor=3.0, block=2))
 
   def vjp(impl):
     return jax.vjp(lambda x, g, u, dn: impl(x, scores_TK, experts_TK, g, u, dn), x_TD, gate, up, down)
