@@ -96,62 +96,21 @@ def moe_sort(x_TD, scores_TK, experts_TK, gate_up_EDCF, down_EFD):
   return y_AD[inverse_A].reshape(t, k, -1).sum(axis=1)
 
 
-def block_layout(group_sizes_E, num_assignments: int, block: int, start_E=None, num_blocks: int | None = None):
-  """Expert-contiguous, block-padded layout of sorted assignments (static shapes, dropless).
+def capacity_rows(experts_A, order_A, inverse_A, group_sizes_E, cap: int):
+  """Which assignment fills each row of the `blocked` dispatch's [E, cap] capacity buffer, and the inverse.
 
-  Each expert's group is padded to a multiple of `block` rows; at most num_assignments / block + E blocks are
-  needed (`num_blocks`: a smaller bound the caller can prove). Returns per padded row the source index into the
-  sorted assignments (or -1 for padding) and per block its expert. `start_E`: where each expert's group starts in the
-  sorted order (default: right after the previous one's).
-  """
-  e = group_sizes_E.shape[0]
-  if num_blocks is None:
-    num_blocks = -(-num_assignments // block) + e
-  padded_E = -(-group_sizes_E // block) * block
-  padded_end_E = jnp.cumsum(padded_E)
-  padded_start_E = padded_end_E - padded_E
-  if start_E is None:
-    start_E = jnp.cumsum(group_sizes_E) - group_sizes_E
-  rows = jnp.arange(num_blocks * block, dtype=jnp.int32)
-  row_expert = jnp.minimum(jnp.searchsorted(padded_end_E, rows, side="right"), e - 1).astype(jnp.int32)
-  rank = rows - padded_start_E[row_expert]
-  valid = rank < group_sizes_E[row_expert]
-  source = jnp.where(valid, start_E[row_expert] + rank, -1)
-  return source, row_expert.reshape(num_blocks, block)[:, 0]
-
-
-def overflow_block_bound(num_assignments: int, num_experts: int, cap: int, block: int) -> int:
-  """Most overflow blocks `capacity_block_layout` can need: the static size of its overflow part.
-
-  With s experts over capacity, their excess is at most A - s * cap rows and each pads to a whole block, so at most
-  (A - s * cap + s * (block - 1)) / block blocks; linear in s, so largest at s = 1 or at the most experts that can
-  exceed cap, min(E, A // (cap + 1)). Zero when no group can exceed cap. Never more than A / block + E, the bound of
-  `block_layout` (which the capacity part usually makes far smaller: 55 blocks instead of 72 for the tiny model's
-  2,048 assignments over 8 experts, capacity 304, blocks of 32)."""
-  a, e = num_assignments, num_experts
-  most = min(e, a // (cap + 1))
-  if most == 0:
-    return 0
-  blocks = max((a - s * cap + s * (block - 1)) // block for s in (1, most))
-  return min(blocks, -(-a // block) + e)
-
-
-def capacity_block_layout(group_sizes_E, num_assignments: int, cap: int, block: int):
-  """Row layout of the `blocked` dispatch: a capacity part of `cap` rows per expert (expert e's first
-  min(n_e, cap) sorted assignments at rows e * cap ...), then an overflow part holding the rest of each group,
-  block-padded per expert as in `block_layout` (empty when no expert has more than `cap` assignments).
-
-  Returns (source row per row or -1, expert per overflow block, number of overflow blocks in use)."""
+  Expert e's first min(n_e, cap) assignments in sorted order (`sort_assignments`) go to rows e * cap, e * cap + 1,
+  ...; the rest are its overflow. Returns (assignment per capacity row or -1 for an empty row, [E * cap]; capacity
+  row per assignment or -1 for an overflow assignment, [A]): a partial permutation and its inverse."""
   e = group_sizes_E.shape[0]
   start_E = jnp.cumsum(group_sizes_E) - group_sizes_E
   rows = jnp.arange(e * cap, dtype=jnp.int32)
   row_expert, rank = rows // cap, rows % cap
-  main = jnp.where(rank < group_sizes_E[row_expert], start_E[row_expert] + rank, -1)
-  over_E = jnp.maximum(group_sizes_E - cap, 0)
-  over, block_expert_N = block_layout(over_E, num_assignments, block, start_E + cap,
-                                      overflow_block_bound(num_assignments, e, cap, block))
-  num_used = jnp.sum(-(-over_E // block)).astype(jnp.int32)
-  return jnp.concatenate([main, over]), block_expert_N, num_used
+  sorted_R = jnp.where(rank < group_sizes_E[row_expert], start_E[row_expert] + rank, -1)
+  assignment_R = jnp.where(sorted_R >= 0, order_A[jnp.maximum(sorted_R, 0)], -1).astype(jnp.int32)
+  rank_A = inverse_A - start_E[experts_A]  # rank of each assignment inside its expert's group
+  row_A = jnp.where(rank_A < cap, experts_A * cap + rank_A, -1).astype(jnp.int32)
+  return assignment_R, row_A
 
 
 @jax.custom_vjp
@@ -176,131 +135,133 @@ def _take_rows_bwd(res, g_RD):
 _take_rows.defvjp(_take_rows_fwd, _take_rows_bwd)
 
 
-def _block_rows(a_RX, start, block: int):
-  return jax.lax.dynamic_slice_in_dim(a_RX, start, block)
-
-
 def overflow_runs(group_sizes_E, cap: int, block: int):
-  """The overflow part of a `capacity_block_layout` by expert: (experts_J, first_block_J, blocks_J, num_runs), the
-  experts with overflow blocks first (in expert order), each with its first block and its number of blocks."""
+  """The overflow of a capacity-`cap` dispatch by expert: (experts_J, begin_J, end_J, blocks_J, num_runs), the
+  experts with more than `cap` assignments first (in expert order), each with the sorted positions where its
+  overflow begins and where its group ends, and its number of `block`-row blocks."""
+  start_E = jnp.cumsum(group_sizes_E) - group_sizes_E
   blocks_E = -(-jnp.maximum(group_sizes_E - cap, 0) // block)
-  first_E = jnp.cumsum(blocks_E) - blocks_E
   experts_J = jnp.argsort(blocks_E == 0, stable=True).astype(jnp.int32)
-  return experts_J, first_E[experts_J], blocks_E[experts_J], jnp.sum(blocks_E > 0).astype(jnp.int32)
+  return (experts_J, (start_E + cap)[experts_J], (start_E + group_sizes_E)[experts_J], blocks_E[experts_J],
+          jnp.sum(blocks_E > 0).astype(jnp.int32))
 
 
 OVERFLOW_GROUP = 4  # overflow blocks an expert runs as one product while it has at least this many left
 
 
-def _for_overflow_blocks(runs, gate_up_EDCF, down_EFD, carry, block_fn, region_blocks: int, begin=None,
-                         end=None):
-  """Runs `block_fn(n, blocks, w_gate_up [D, 2F], w_down [F, D], inner)` over every overflow block of every expert
-  with overflow, one expert at a time: its weights are sliced once per expert (a copy on CPU), not once per block.
-  An expert's blocks are contiguous, so they go OVERFLOW_GROUP at a time (`blocks` = OVERFLOW_GROUP: blocks n ...
-  n + OVERFLOW_GROUP - 1 as one product, at a better matmul rate than narrow ones), then one at a time for the rest
-  (`blocks` = 1); a badly balanced router (at initialisation, a few experts get several times their share) then
-  costs few narrow products. Per expert j, `begin(j, carry)` gives the blocks' carry and `end(j, carry, inner)`
-  folds it back (default: the carry itself). `region_blocks`: the overflow part's size in blocks (a group never
-  runs past an expert's blocks, but one wider than the whole part cannot even be traced)."""
-  experts_J, first_J, blocks_J, num_runs = runs
+def _for_overflow_blocks(runs, gate_up_EDCF, down_EFD, carry, block_fn, block: int, begin=None, end=None):
+  """Runs `block_fn(first, rows, stop, w_gate_up [D, 2F], w_down [F, D], inner)` over the overflow of every expert
+  that has one, one expert at a time: its weights are sliced once per expert (a copy on CPU), not once per block.
+  `first` is the sorted position of the block's first row, `rows` its static number of rows, `stop` the end of the
+  expert's group (rows at or past it belong to other experts and must be masked). An expert's overflow is
+  contiguous in sorted order, so its blocks go OVERFLOW_GROUP at a time (one product of OVERFLOW_GROUP * block rows,
+  at a better matmul rate than narrow ones), then one at a time for the rest; a badly balanced router (at
+  initialisation, a few experts get several times their share) then costs few narrow products. Per expert j,
+  `begin(j, carry)` gives the blocks' carry and `end(j, carry, inner)` folds it back (default: the carry itself)."""
+  experts_J, begin_J, end_J, blocks_J, num_runs = runs
   _, d, _, f = gate_up_EDCF.shape
-  group = max(1, min(OVERFLOW_GROUP, region_blocks))
   begin = begin or (lambda j, carry: carry)
   end = end or (lambda j, carry, inner: inner)
 
   def one_expert(j, carry):
     w = experts_J[j]
     w_gate_up, w_down = gate_up_EDCF[w].reshape(d, 2 * f), down_EFD[w]
-    first, groups = first_J[j], blocks_J[j] // group
-    inner = jax.lax.fori_loop(0, groups, lambda i, c: block_fn(first + i * group, group, w_gate_up, w_down, c),
+    first, stop, groups = begin_J[j], end_J[j], blocks_J[j] // OVERFLOW_GROUP
+    rows = OVERFLOW_GROUP * block
+    inner = jax.lax.fori_loop(0, groups, lambda i, c: block_fn(first + i * rows, rows, stop, w_gate_up, w_down, c),
                               begin(j, carry))
-    inner = jax.lax.fori_loop(first + groups * group, first + blocks_J[j],
-                              lambda n, c: block_fn(n, 1, w_gate_up, w_down, c), inner)
+    inner = jax.lax.fori_loop(groups * OVERFLOW_GROUP, blocks_J[j],
+                              lambda i, c: block_fn(first + i * block, block, stop, w_gate_up, w_down, c), inner)
     return end(j, carry, inner)
 
   return jax.lax.fori_loop(0, num_runs, one_expert, carry)
 
 
-def _experts_forward(x_RD, runs, gate_up_EDCF, down_EFD, cap: int, block: int):
-  """Forward of `_capacity_experts`: (y_RD, pre-activations of the capacity part [E, C, 2, F] and of the overflow
-  part [rows, 2, F], kept apart for the backward)."""
+def _overflow_rows(x_AD, order_A, first, rows: int, stop):
+  """Rows first ... first + rows - 1 of the sorted assignments, read from assignment order: (assignment index per
+  row, out of range (A and up, distinct) past the group's end `stop`, so a scatter there writes nothing; the rows,
+  zero past the end)."""
+  a = x_AD.shape[0]
+  pos = first + jnp.arange(rows, dtype=jnp.int32)
+  valid = pos < stop
+  index = order_A[jnp.minimum(pos, a - 1)]
+  return jnp.where(valid, index, a + jnp.arange(rows, dtype=jnp.int32)), jnp.where(valid[:, None], x_AD[index], 0)
+
+
+def _experts_forward(x_AD, layout, gate_up_EDCF, down_EFD, cap: int, block: int):
+  """Forward of `_capacity_experts`: (y_AD, the capacity part's input rows [E * cap, D] and pre-activations
+  [E, cap, 2, F], kept for the backward; the overflow's are recomputed there, being few)."""
+  assignment_R, row_A, order_A, runs = layout
   e, d, _, f = gate_up_EDCF.shape
-  main = e * cap
   # Capacity part: one batched matmul per projection over all experts.
-  h_ECF = matmul(x_RD[:main].reshape(e, cap, d), gate_up_EDCF.reshape(e, d, 2 * f)).astype(x_RD.dtype)
+  x_RD = _take_rows(x_AD, assignment_R, row_A)
+  h_ECF = matmul(x_RD.reshape(e, cap, d), gate_up_EDCF.reshape(e, d, 2 * f)).astype(x_AD.dtype)
   h_ECF = h_ECF.reshape(e, cap, 2, f)
-  y_ED = matmul(swiglu(h_ECF), down_EFD).astype(x_RD.dtype)
-  pad = x_RD.shape[0] - main
-  y_RD = jnp.concatenate([y_ED.reshape(main, d), jnp.zeros((pad, d), y_ED.dtype)])
-  # Overflow rows' pre-activations, zero where no overflow block ran (zeros_like: typed like the capacity part's
-  # inside a shard_map, as the loop carry must be).
-  h_OCF = jnp.zeros_like(h_ECF, shape=(pad, 2, f))
+  y_ED = matmul(swiglu(h_ECF), down_EFD).astype(x_AD.dtype)
+  y_AD = _take_rows(y_ED.reshape(e * cap, d), row_A, assignment_R)  # overflow assignments: zero until set below
 
-  def block_fn(n, blocks, w_gate_up, w_down, carry):  # overflow blocks n ... n + blocks - 1 through their expert
-    y_RD, h_OCF = carry
-    # As one [D, 2F] matmul: a 3-D weight operand would keep XLA:CPU from its fast bf16 matmul.
-    h_BCF = matmul(_block_rows(x_RD, main + n * block, blocks * block), w_gate_up).astype(x_RD.dtype)
-    h_BCF = h_BCF.reshape(-1, 2, f)
-    y_BD = matmul(swiglu(h_BCF), w_down).astype(x_RD.dtype)
-    return (jax.lax.dynamic_update_slice_in_dim(y_RD, y_BD, main + n * block, 0),
-            jax.lax.dynamic_update_slice_in_dim(h_OCF, h_BCF, n * block, 0))
+  def block_fn(first, rows, stop, w_gate_up, w_down, y_AD):
+    # As [rows, D] x [D, 2F]: a 3-D weight operand would keep XLA:CPU from its fast bf16 matmul.
+    index, x_BD = _overflow_rows(x_AD, order_A, first, rows, stop)
+    h_BCF = matmul(x_BD, w_gate_up).astype(x_AD.dtype).reshape(-1, 2, f)
+    y_BD = matmul(swiglu(h_BCF), w_down).astype(x_AD.dtype)
+    return y_AD.at[index].set(y_BD, mode="drop", unique_indices=True)
 
-  if pad:  # no overflow part when no group can exceed the capacity (overflow_block_bound)
-    y_RD, h_OCF = _for_overflow_blocks(runs, gate_up_EDCF, down_EFD, (y_RD, h_OCF), block_fn, pad // block)
-  return y_RD, h_ECF, h_OCF
+  y_AD = _for_overflow_blocks(runs, gate_up_EDCF, down_EFD, y_AD, block_fn, block)
+  return y_AD, x_RD, h_ECF
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
-def _capacity_experts(x_RD, runs, gate_up_EDCF, down_EFD, cap: int, block: int):
-  """Expert FFN of every row of a `capacity_block_layout`: rows e * cap ... (e + 1) * cap - 1 through expert e (a
-  batched matmul over experts), then the overflow blocks expert by expert (`overflow_runs`: loops with traced
-  trip counts, zero when nothing overflowed); other rows give zero."""
-  return _experts_forward(x_RD, runs, gate_up_EDCF, down_EFD, cap, block)[0]
+def _capacity_experts(x_AD, layout, gate_up_EDCF, down_EFD, cap: int, block: int):
+  """Expert FFN of every assignment (rows of x_AD, input already scaled by its router score): the capacity part
+  (`capacity_rows`) as one batched matmul per projection over experts, then each overflowing expert's remaining
+  assignments in blocks of sorted positions (`overflow_runs`: loops with traced trip counts, zero when nothing
+  overflowed), read and written in assignment order by index, so no buffer is sized for the worst case."""
+  return _experts_forward(x_AD, layout, gate_up_EDCF, down_EFD, cap, block)[0]
 
 
-def _capacity_experts_fwd(x_RD, runs, gate_up_EDCF, down_EFD, cap, block):
-  y_RD, h_ECF, h_OCF = _experts_forward(x_RD, runs, gate_up_EDCF, down_EFD, cap, block)
-  return y_RD, (x_RD, runs, gate_up_EDCF, down_EFD, h_ECF, h_OCF)
+def _capacity_experts_fwd(x_AD, layout, gate_up_EDCF, down_EFD, cap, block):
+  y_AD, x_RD, h_ECF = _experts_forward(x_AD, layout, gate_up_EDCF, down_EFD, cap, block)
+  return y_AD, (x_AD, layout, gate_up_EDCF, down_EFD, x_RD, h_ECF)
 
 
-def _capacity_experts_bwd(cap, block, res, g_RD):
-  """Capacity part as batched matmuls; the overflow expert by expert, each accumulating its blocks' weight gradients
-  (float32) and adding them into its expert's slot once."""
-  x_RD, runs, gate_up_EDCF, down_EFD, h_ECF, h_OCF = res
+def _capacity_experts_bwd(cap, block, res, g_AD):
+  """Capacity part as batched matmuls; the overflow expert by expert (pre-activations recomputed), each
+  accumulating its blocks' weight gradients (float32) and adding them into its expert's slot once."""
+  x_AD, layout, gate_up_EDCF, down_EFD, x_RD, h_ECF = res
+  assignment_R, row_A, order_A, runs = layout
   e, d, _, f = gate_up_EDCF.shape
-  main = e * cap
-  g_ED = g_RD[:main].reshape(e, cap, d)
+  g_ED = _take_rows(g_AD, assignment_R, row_A).reshape(e, cap, d)
   ddown = matmul_tn(swiglu(h_ECF), g_ED)
-  dh_ECF = _swiglu_bwd(h_ECF, matmul_nt(g_ED, down_EFD).astype(x_RD.dtype))[0].reshape(e, cap, 2 * f)
-  dgate_up = matmul_tn(x_RD[:main].reshape(e, cap, d), dh_ECF).reshape(e, d, 2, f)
-  dx_ED = matmul_nt(dh_ECF, gate_up_EDCF.reshape(e, d, 2 * f)).astype(x_RD.dtype)
-  dx_RD = jnp.concatenate([dx_ED.reshape(main, d), jnp.zeros((x_RD.shape[0] - main, d), dx_ED.dtype)])
+  dh_ECF = _swiglu_bwd(h_ECF, matmul_nt(g_ED, down_EFD).astype(x_AD.dtype))[0].reshape(e, cap, 2 * f)
+  dgate_up = matmul_tn(x_RD.reshape(e, cap, d), dh_ECF).reshape(e, d, 2, f)
+  dx_ED = matmul_nt(dh_ECF, gate_up_EDCF.reshape(e, d, 2 * f)).astype(x_AD.dtype)
+  dx_AD = _take_rows(dx_ED.reshape(e * cap, d), row_A, assignment_R)
 
-  def block_fn(n, blocks, w_gate_up, w_down, carry):
-    dx_RD, dw_gate_up, dw_down = carry
-    start, rows = main + n * block, blocks * block
-    x_BD, g_BD = _block_rows(x_RD, start, rows), _block_rows(g_RD, start, rows)
-    h_BCF = _block_rows(h_OCF, n * block, rows)
+  def block_fn(first, rows, stop, w_gate_up, w_down, carry):
+    dx_AD, dw_gate_up, dw_down = carry
+    index, x_BD = _overflow_rows(x_AD, order_A, first, rows, stop)
+    g_BD = jnp.where((index < x_AD.shape[0])[:, None], g_AD[jnp.minimum(index, x_AD.shape[0] - 1)], 0)  # as x_BD
+    h_BCF = matmul(x_BD, w_gate_up).astype(x_AD.dtype).reshape(-1, 2, f)
     dw_down = dw_down + matmul_tn(swiglu(h_BCF), g_BD)
-    dh_BCF = _swiglu_bwd(h_BCF, matmul_nt(g_BD, w_down).astype(x_RD.dtype))[0].reshape(-1, 2 * f)
+    dh_BCF = _swiglu_bwd(h_BCF, matmul_nt(g_BD, w_down).astype(x_AD.dtype))[0].reshape(-1, 2 * f)
     dw_gate_up = dw_gate_up + matmul_tn(x_BD, dh_BCF)
-    dx_BD = matmul_nt(dh_BCF, w_gate_up)
-    return jax.lax.dynamic_update_slice_in_dim(dx_RD, dx_BD.astype(x_RD.dtype), start, 0), dw_gate_up, dw_down
+    dx_BD = matmul_nt(dh_BCF, w_gate_up).astype(x_AD.dtype)
+    return dx_AD.at[index].set(dx_BD, mode="drop", unique_indices=True), dw_gate_up, dw_down
 
   def begin(j, carry):  # expert j's own zeroed weight-gradient accumulators
-    dx_RD, dgate_up, ddown = carry
-    return dx_RD, jnp.zeros_like(dgate_up, shape=(d, 2 * f)), jnp.zeros_like(ddown, shape=(f, d))
+    dx_AD, dgate_up, ddown = carry
+    return dx_AD, jnp.zeros_like(dgate_up, shape=(d, 2 * f)), jnp.zeros_like(ddown, shape=(f, d))
 
   def end(j, carry, inner):
     _, dgate_up, ddown = carry
-    dx_RD, dw_gate_up, dw_down = inner
+    dx_AD, dw_gate_up, dw_down = inner
     w = runs[0][j]
-    return dx_RD, dgate_up.at[w].add(dw_gate_up.reshape(d, 2, f)), ddown.at[w].add(dw_down)
+    return dx_AD, dgate_up.at[w].add(dw_gate_up.reshape(d, 2, f)), ddown.at[w].add(dw_down)
 
-  if x_RD.shape[0] > main:
-    dx_RD, dgate_up, ddown = _for_overflow_blocks(runs, gate_up_EDCF, down_EFD, (dx_RD, dgate_up, ddown), block_fn,
-                                                  (x_RD.shape[0] - main) // block, begin, end)
-  return dx_RD, None, dgate_up.astype(gate_up_EDCF.dtype), ddown.astype(down_EFD.dtype)
+  dx_AD, dgate_up, ddown = _for_overflow_blocks(runs, gate_up_EDCF, down_EFD, (dx_AD, dgate_up, ddown), block_fn,
+                                                block, begin, end)
+  return dx_AD, None, dgate_up.astype(gate_up_EDCF.dtype), ddown.astype(down_EFD.dtype)
 
 
 _capacity_experts.defvjp(_capacity_experts_fwd, _capacity_experts_bwd)
@@ -336,10 +297,10 @@ def moe_blocked(x_TD, scores_TK, experts_TK, gate_up_EDCF, down_EFD, block: int 
 
   Assignments are sorted by expert. Each expert's first C (`blocked_capacity`) assignments fill its rows of an
   [E, C] buffer, run as one batched matmul per projection (no loop); what an expert gets beyond C is not
-  dropped but goes to expert-pure overflow blocks of `block` rows, which loops with traced trip counts run expert by
-  expert, each overflowing expert's weights sliced once for all its blocks (zero trips when no expert overflows).
-  The backward mirrors both parts. Compute follows the tokens (up to the capacity padding), never every expert on
-  every token (`ragged_dot` on CPU).
+  dropped but runs in blocks of `block` rows, which loops with traced trip counts visit expert by expert, each
+  overflowing expert's weights sliced once for all its blocks (zero trips when no expert overflows), reading and
+  writing its rows in place by index. The backward mirrors both parts. Compute follows the tokens (up to the
+  capacity padding), never every expert on every token (`ragged_dot` on CPU).
   """
   t, k = experts_TK.shape
   d, e = x_TD.shape[1], gate_up_EDCF.shape[0]
@@ -349,16 +310,11 @@ def moe_blocked(x_TD, scores_TK, experts_TK, gate_up_EDCF, down_EFD, block: int 
     block = max(8, block_rows_for(a, e) // 4)
   block = max(1, min(block, a))
   order_A, inverse_A, group_sizes_E = sort_assignments(experts_TK, e)
-  source_R, _, _ = capacity_block_layout(group_sizes_E, a, cap, block)
-  # Inverse of the layout: the row of each sorted assignment.
-  rows_R = jnp.arange(source_R.shape[0], dtype=jnp.int32)
-  dest_A = jnp.zeros((a,), jnp.int32).at[jnp.maximum(source_R, 0)].max(jnp.where(source_R >= 0, rows_R, 0))
-  # token-slot a = t * k + j; sorted position p holds assignment order_A[p].
+  assignment_R, row_A = capacity_rows(experts_TK.reshape(-1), order_A, inverse_A, group_sizes_E, cap)
+  # token-slot a = t * k + j
   x_AD = jnp.repeat(x_TD, k, axis=0) * scores_TK.reshape(-1, 1)
-  assignment_R = jnp.where(source_R >= 0, order_A[jnp.maximum(source_R, 0)], -1)
-  x_RD = _take_rows(x_AD, assignment_R, dest_A[inverse_A])
-  y_RD = _capacity_experts(x_RD, overflow_runs(group_sizes_E, cap, block), gate_up_EDCF, down_EFD, cap, block)
-  y_AD = _take_rows(y_RD, dest_A[inverse_A], assignment_R)
+  layout = (assignment_R, row_A, order_A.astype(jnp.int32), overflow_runs(group_sizes_E, cap, block))
+  y_AD = _capacity_experts(x_AD, layout, gate_up_EDCF, down_EFD, cap, block)
   return y_AD.reshape(t, k, d).sum(axis=1)
 
 

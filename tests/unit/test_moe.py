@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from llama4_jax.ops.moe import (OVERFLOW_GROUP, block_rows_for, blocked_capacity, capacity_block_layout, load_statistics,
-                                overflow_block_bound,
+from llama4_jax.ops.moe import (OVERFLOW_GROUP, block_rows_for, blocked_capacity, capacity_rows, load_statistics,
+                                sort_assignments,
                                 moe_blocked, moe_dense, moe_gathered, moe_sort as _moe_sort, overflow_runs, route,
                                 sort_assignments)
 
@@ -128,49 +128,25 @@ def test_sort_equals_dense_with_empty_groups():
     assert np.abs(np.asarray(g)[[2, 5]]).max() > 0
 
 
-def test_capacity_block_layout_puts_the_excess_in_expert_blocks():
-  # Sorted assignments: expert 0 has 5 (0-4), expert 1 none, expert 2 has 2 (5-6); capacity 3, overflow blocks of 2.
-  source, block_expert, num_used = capacity_block_layout(jnp.asarray([5, 0, 2], jnp.int32), 7, cap=3, block=2)
-  source = np.asarray(source).tolist()
-  assert source[:9] == [0, 1, 2, -1, -1, -1, 5, 6, -1]  # [E, cap] rows: the first min(n_e, cap) of each expert
-  assert source[9:11] == [3, 4] and set(source[11:]) == {-1}  # expert 0's two extra in one overflow block
-  assert int(num_used) == 1 and int(block_expert[0]) == 0
-  assert sorted(s for s in source if s >= 0) == list(range(7))  # every assignment exactly once: nothing dropped
+def test_capacity_rows_fill_each_experts_first_assignments_and_invert():
+  # Assignments to experts [0, 2, 0, 0, 2, 0, 0] (expert 0 has 5, expert 1 none, expert 2 has 2); capacity 3.
+  experts = jnp.asarray([[0], [2], [0], [0], [2], [0], [0]], jnp.int32)
+  order, inverse, sizes = sort_assignments(experts, 3)
+  assignment_R, row_A = (np.asarray(x).tolist() for x in capacity_rows(experts.reshape(-1), order, inverse, sizes, 3))
+  assert assignment_R == [0, 2, 3, -1, -1, -1, 1, 4, -1]  # [E, cap] rows: each expert's first min(n_e, cap)
+  assert row_A == [0, 6, 1, 2, 7, -1, -1]  # assignments 5 and 6 (expert 0's 4th and 5th) overflow
+  for row, assignment in enumerate(assignment_R):  # a partial permutation and its inverse
+    assert assignment < 0 or row_A[assignment] == row
+  assert sorted(a for a in assignment_R if a >= 0) + [5, 6] == list(range(7))  # nothing dropped
 
 
-def test_overflow_runs_list_each_overflowing_experts_blocks_once():
-  # Groups 9, 2, 0, 13 with capacity 4 and blocks of 2: overflow 5 (3 blocks), 0, 0, 9 (5 blocks).
+def test_overflow_runs_list_each_overflowing_expert_once_with_its_sorted_span():
+  # Groups 9, 2, 0, 13 (sorted positions 0-8, 9-10, -, 11-23) with capacity 4 and blocks of 2.
   sizes = jnp.asarray([9, 2, 0, 13], jnp.int32)
-  experts, first, blocks, num_runs = (np.asarray(a).tolist() for a in overflow_runs(sizes, cap=4, block=2))
-  assert num_runs == 2 and experts[:2] == [0, 3] and first[:2] == [0, 3] and blocks[:2] == [3, 5]
-  _, block_expert, num_used = capacity_block_layout(sizes, 24, cap=4, block=2)
-  assert num_used == sum(blocks[:num_runs])  # the runs cover exactly the layout's overflow blocks, in its order
-  assert np.asarray(block_expert)[:num_used].tolist() == [0] * 3 + [3] * 5
-
-
-def test_overflow_block_bound_holds_for_every_routing_and_is_reached():
-  """The overflow part's static size: never fewer blocks than some routing needs (random, skewed, and the extremes:
-  all on one expert, as many experts over capacity as fit), reached by one of them, and empty when no group can
-  exceed the capacity."""
-  rs = np.random.RandomState(3)
-  for a, e, cap, block in ((2048, 8, 304, 32), (600, 4, 10, 32), (600, 4, 30, 32), (64, 16, 2, 8), (7, 3, 3, 2),
-                           (32768, 128, 304, 32), (100, 4, 1, 16)):
-    bound = overflow_block_bound(a, e, cap, block)
-    need = lambda sizes: int(np.sum(-(-np.maximum(np.asarray(sizes) - cap, 0) // block)))  # noqa: E731
-    worst = 0
-    for s in range(1, min(e, a // (cap + 1)) + 1):  # s experts just over capacity by 1 row each but one
-      sizes = np.full(e, 0)
-      sizes[:s] = cap + 1
-      sizes[0] += a - sizes.sum()
-      worst = max(worst, need(sizes))
-    for _ in range(200):
-      sizes = rs.multinomial(a, rs.dirichlet(np.full(e, rs.choice([0.05, 0.5, 5.0]))))
-      assert need(sizes) <= bound, (a, e, cap, block, sizes)
-    assert need([a] + [0] * (e - 1)) <= bound and worst <= bound
-    assert bound == worst, (a, e, cap, block, bound, worst)
-    assert bound <= -(-a // block) + e  # never above block_layout's own bound
-  assert overflow_block_bound(2048, 8, 304, 32) == 55  # 72 without the capacity part's share
-  assert overflow_block_bound(300, 4, 300, 32) == 0 and overflow_block_bound(5, 8, 3, 2) == 1
+  experts, begin, end, blocks, num_runs = (np.asarray(a).tolist() for a in overflow_runs(sizes, cap=4, block=2))
+  assert num_runs == 2 and experts[:2] == [0, 3]
+  assert begin[:2] == [4, 15] and end[:2] == [9, 24]  # overflow 5 rows (3 blocks) and 9 rows (5 blocks)
+  assert blocks[:2] == [3, 5] and blocks[2:] == [0, 0]
 
 
 def test_blocked_capacity_is_the_mean_plus_three_sigma_unless_a_factor_is_given():
@@ -333,9 +309,9 @@ def test_blocked_with_fewer_overflow_blocks_than_a_group_matches_dense():
     np.testing.assert_allclose(np.asarray(gb), np.asarray(gd), rtol=1e-5, atol=1e-5)
 
 
-def test_blocked_without_an_overflow_part_matches_dense():
-  """A capacity no group can exceed (here the whole batch, all on one expert): the layout has no overflow rows and
-  no overflow loops are traced; outputs and gradients still equal the dense oracle."""
+def test_blocked_without_overflow_matches_dense():
+  """A capacity no group can exceed (here the whole batch, all on one expert): no overflow runs; outputs and
+  gradients equal the dense oracle."""
   rs = np.random.RandomState(8)
   t, d, f, e = 6, 8, 4, 3
   x_TD = jnp.asarray(rs.randn(t, d).astype(np.float32))
@@ -343,9 +319,7 @@ def test_blocked_without_an_overflow_part_matches_dense():
   experts_TK = jnp.asarray([[1]] * t, jnp.int32)
   gate, up, down = _weights(rs, e, d, f)
   cap = blocked_capacity(t, e, capacity_factor=3.0)
-  assert cap == t and overflow_block_bound(t, e, cap, 2) == 0
-  source, _, num_used = capacity_block_layout(jnp.bincount(experts_TK[:, 0], length=e), t, cap, 2)
-  assert source.shape == (e * cap,) and int(num_used) == 0
+  assert cap == t and int(overflow_runs(jnp.bincount(experts_TK[:, 0], length=e), cap, 2)[-1]) == 0
   blocked = _fused(functools.partial(moe_blocked, capacity_factor=3.0, block=2))
 
   def vjp(impl):
