@@ -241,7 +241,9 @@ def _capacity_experts_bwd(cap, block, res, g_AD):
   def block_fn(first, rows, stop, w_gate_up, w_down, carry):
     dx_AD, dw_gate_up, dw_down = carry
     index, x_BD = _overflow_rows(x_AD, order_A, first, rows, stop)
-    g_BD = jnp.where((index < x_AD.shape[0])[:, None], g_AD[jnp.minimum(index, x_AD.shape[0] - 1)], 0)  # as x_BD
+    # Rows past the group read some other row's gradient: harmless, their inputs (so pre-activations and SwiGLU
+    # outputs) are zero, so they add nothing to the weight gradients, and their input gradients are not written.
+    g_BD = g_AD[jnp.minimum(index, x_AD.shape[0] - 1)]
     h_BCF = matmul(x_BD, w_gate_up).astype(x_AD.dtype).reshape(-1, 2, f)
     dw_down = dw_down + matmul_tn(swiglu(h_BCF), g_BD)
     dh_BCF = _swiglu_bwd(h_BCF, matmul_nt(g_BD, w_down).astype(x_AD.dtype))[0].reshape(-1, 2 * f)

@@ -289,8 +289,8 @@ def test_capacity_dispatch_drops_exactly_the_excess_in_token_order(factor):
 
 
 def test_blocked_with_fewer_overflow_blocks_than_a_group_matches_dense():
-  """Three assignments over two experts: the overflow part has fewer blocks than OVERFLOW_GROUP (a group that wide
-  could not even be traced), and every assignment beyond the capacity still goes through the single blocks."""
+  """Three assignments over two experts: the overflow has fewer blocks than OVERFLOW_GROUP (a group's product is
+  wider than all the assignments), and every assignment beyond the capacity still goes through the single blocks."""
   rs = np.random.RandomState(5)
   t, d, f, e = 3, 8, 4, 2
   x_TD = jnp.asarray(rs.randn(t, d).astype(np.float32))
