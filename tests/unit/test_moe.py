@@ -288,39 +288,22 @@ def test_capacity_dispatch_drops_exactly_the_excess_in_token_order(factor):
   np.testing.assert_allclose(np.asarray(y), np.asarray(moe_dense(x, kept, experts, g, u, dn)), rtol=1e-5, atol=1e-5)
 
 
-def test_blocked_with_fewer_overflow_blocks_than_a_group_matches_dense():
-  """Three assignments over two experts: the overflow has fewer blocks than OVERFLOW_GROUP (a group's product is
-  wider than all the assignments), and every assignment beyond the capacity still goes through the single blocks."""
+@pytest.mark.parametrize("t, e, capacity_factor, block, runs", [(3, 2, 0.5, None, 1), (6, 3, 3.0, 2, 0)])
+def test_blocked_at_the_edges_of_the_overflow_matches_dense(t, e, capacity_factor, block, runs):
+  """Every assignment on one expert. Three over two experts at half the mean group: capacity 1, the other two
+  overflow in fewer blocks than OVERFLOW_GROUP (a group's product is wider than all the assignments), so they go
+  through the single blocks. Six over three at three times the mean: a capacity no group can exceed, no overflow
+  runs at all. Outputs and gradients equal the dense oracle in both."""
   rs = np.random.RandomState(5)
-  t, d, f, e = 3, 8, 4, 2
+  d, f = 8, 4
   x_TD = jnp.asarray(rs.randn(t, d).astype(np.float32))
   scores_TK = jnp.asarray(rs.rand(t, 1).astype(np.float32))
-  experts_TK = jnp.zeros((t, 1), jnp.int32)  # all on expert 0: capacity 1 (factor 0.5), two overflow
+  experts_TK = jnp.full((t, 1), e - 1, jnp.int32)
   gate, up, down = _weights(rs, e, d, f)
-  blocked = _fused(functools.partial(moe_blocked, capacity_factor=0.5))
-
-  def vjp(impl):
-    return jax.vjp(lambda x, g, u, dn: impl(x, scores_TK, experts_TK, g, u, dn), x_TD, gate, up, down)
-
-  (out_b, pull_b), (out_d, pull_d) = vjp(blocked), vjp(moe_dense)
-  np.testing.assert_allclose(np.asarray(out_b), np.asarray(out_d), rtol=1e-5, atol=1e-5)
-  w_TD = jnp.asarray(rs.randn(t, d).astype(np.float32))
-  for gb, gd in zip(pull_b(w_TD), pull_d(w_TD)):
-    np.testing.assert_allclose(np.asarray(gb), np.asarray(gd), rtol=1e-5, atol=1e-5)
-
-
-def test_blocked_without_overflow_matches_dense():
-  """A capacity no group can exceed (here the whole batch, all on one expert): no overflow runs; outputs and
-  gradients equal the dense oracle."""
-  rs = np.random.RandomState(8)
-  t, d, f, e = 6, 8, 4, 3
-  x_TD = jnp.asarray(rs.randn(t, d).astype(np.float32))
-  scores_TK = jnp.asarray(rs.rand(t, 1).astype(np.float32))
-  experts_TK = jnp.asarray([[1]] * t, jnp.int32)
-  gate, up, down = _weights(rs, e, d, f)
-  cap = blocked_capacity(t, e, capacity_factor=3.0)
-  assert cap == t and int(overflow_runs(jnp.bincount(experts_TK[:, 0], length=e), cap, 2)[-1]) == 0
-  blocked = _fused(functools.partial(moe_blocked, capacity_factor=3.0, block=2))
+  sizes = jnp.bincount(experts_TK[:, 0], length=e)
+  cap = blocked_capacity(t, e, capacity_factor)
+  assert int(overflow_runs(sizes, cap, block or 8)[-1]) == runs
+  blocked = _fused(functools.partial(moe_blocked, capacity_factor=capacity_factor, block=block))
 
   def vjp(impl):
     return jax.vjp(lambda x, g, u, dn: impl(x, scores_TK, experts_TK, g, u, dn), x_TD, gate, up, down)
