@@ -41,6 +41,10 @@ CONFIG = config_flags.DEFINE_config_file("config", os.path.join(ROOT, "configs/b
                                          "experiment config file[:preset], as for llama4_jax.main")
 BATCH = flags.DEFINE_integer("batch", 8, "rows per step (0: config.data.batch_size)")
 SEQ = flags.DEFINE_integer("seq", 256, "tokens per row (0: config.data.seq_len)")
+POSITIONS = flags.DEFINE_bool(
+    "positions", False, "give our step the batch's positions and segment ids (the packed-row path: the chunked layers "
+    "decide per batch, by a lax.cond, whether a query sees the previous block); by default the rows are tokens alone, "
+    "one document each, as Hugging Face's side gets them")
 STEPS = flags.DEFINE_integer("steps", 10, "timed train steps")
 WARMUP = flags.DEFINE_integer("warmup", 2, "untimed steps after the compile")
 PEAK_REPEATS = flags.DEFINE_integer("peak_repeats", 20, "timed calls per matmul shape for the peak")
@@ -85,7 +89,7 @@ def main(argv):
   batch_size, seq_len = shape_from(config, BATCH.value, SEQ.value)
   model_cfg, state, step_fn = build(config)
   peak_before = matmul_gflops(peak_shapes(), PEAK_REPEATS.value, dtype=model_cfg.dtype)
-  batch = jax.device_put(synthetic_batch(model_cfg.vocab_size, batch_size, seq_len))
+  batch = jax.device_put(synthetic_batch(model_cfg.vocab_size, batch_size, seq_len, positions=POSITIONS.value))
   key = jax.random.key(config.seed)
   t0 = time.perf_counter()
   state, metrics = jax.block_until_ready(step_fn(state, batch, jax.random.fold_in(key, 0)))
@@ -100,6 +104,7 @@ def main(argv):
   achieved = flops["total"] / step_s / 1e9
   print(json.dumps({
       "benchmark": "train_throughput", **model_summary(config, model_cfg), "batch": batch_size, "seq": seq_len,
+      "positions_given": POSITIONS.value,
       "tokens_per_step": batch_size * seq_len, "steps": len(times), "median_step_s": round(step_s, 4),
       "min_step_s": round(min(times), 4), "max_step_s": round(max(times), 4),
       "tokens_per_s": round(batch_size * seq_len / step_s, 1), "model_gflops_per_step": round(flops["total"] / 1e9, 3),

@@ -45,6 +45,10 @@ CONFIG = config_flags.DEFINE_config_file("config", os.path.join(ROOT, "configs/b
 MODE = flags.DEFINE_enum("mode", "train", ["train", "forward"], "what is timed on both sides")
 BATCH = flags.DEFINE_integer("batch", 8, "rows per step (0: config.data.batch_size)")
 SEQ = flags.DEFINE_integer("seq", 256, "tokens per row (0: config.data.seq_len)")
+POSITIONS = flags.DEFINE_bool(
+    "positions", False, "give our step the batch's positions and segment ids (the packed-row path: the chunked layers "
+    "decide per batch, by a lax.cond, whether a query sees the previous block); by default the rows are tokens alone, "
+    "one document each, as Hugging Face's side gets them")
 ROUNDS = flags.DEFINE_integer("rounds", 10, "alternating timed rounds (one step of each side per round)")
 WARMUP = flags.DEFINE_integer("warmup", 2, "untimed steps of each side after our compile")
 THREADS = flags.DEFINE_integer("torch_threads", 2, "torch.set_num_threads")
@@ -149,7 +153,7 @@ def main(argv):
   batch_size = BATCH.value or int(config.data.batch_size)
   seq_len = SEQ.value or int(config.data.seq_len)
   params = init_params(model_cfg, jax.random.key(config.seed))
-  batch = synthetic_batch(model_cfg.vocab_size, batch_size, seq_len)
+  batch = synthetic_batch(model_cfg.vocab_size, batch_size, seq_len, positions=POSITIONS.value)
   with tempfile.TemporaryDirectory() as tmp:
     hf_model = load_hf_model(model_cfg, params, tmp)
   # Agreement check on the untrained weights, before any update (and before our step donates the params).
@@ -176,7 +180,7 @@ def main(argv):
   print(json.dumps({
       "benchmark": "train_vs_hf", "mode": MODE.value, "preset": config.get("preset", "?"),
       "moe_impl": model_cfg.moe_impl, "our_compute": str(model_cfg.dtype), "hf_compute": HF_COMPUTE.value,
-      "batch": batch_size, "seq": seq_len, "rounds": ROUNDS.value,
+      "batch": batch_size, "seq": seq_len, "positions_given": POSITIONS.value, "rounds": ROUNDS.value,
       "our_median_step_s": round(our_s, 4), "hf_median_step_s": round(hf_s, 4),
       "our_tokens_per_s": round(tokens / our_s, 1), "hf_tokens_per_s": round(tokens / hf_s, 1),
       "ratio_hf_over_ours": round(hf_s / our_s, 3), "our_step": (

@@ -31,6 +31,7 @@ class Attention(nn.Module):
   cfg: ModelConfig
   use_rope: bool
   parallel: Any = None  # sharding.Parallel; the Pallas kernel then runs per shard (batch x heads) in a shard_map
+  unpacked: bool = False  # rows are one document each from slot 0 (positions == slots): chunks start on blocks
 
   @nn.compact
   def __call__(self, x_BLD, positions_BL, segment_ids_BL, rotation, mask_BLL, kv_cache=None, meta=None):
@@ -71,7 +72,8 @@ class Attention(nn.Module):
                                out_specs=heads)
       out_BLHK = kernel(q_BLHK, k_BLGK, v_BLGK, positions_BL, segment_ids_BL)
     elif self.use_rope and chunk is not None and cfg.attention_impl == "xla" and x_BLD.shape[1] > chunk:
-      out_BLHK = chunked_self_attention(q_BLHK, k_BLGK, v_BLGK, positions_BL, segment_ids_BL, chunk, k ** -0.5)
+      out_BLHK = chunked_self_attention(q_BLHK, k_BLGK, v_BLGK, positions_BL, segment_ids_BL, chunk, k ** -0.5,
+                                        aligned=self.unpacked)
     elif cfg.attention_impl == "xla" and x_BLD.shape[1] > 2 * QUERY_BLOCK:  # global attention over a long row
       out_BLHK = query_blocked_attention(q_BLHK, k_BLGK, v_BLGK, segment_ids_BL, k ** -0.5)
     elif cfg.attention_impl == "xla":  # skips the keys past each block of queries ('dense' keeps the reference)

@@ -46,6 +46,7 @@ class DecoderLayer(nn.Module):
   cfg: ModelConfig
   index: int  # position inside the super-block; its kind is the same in every block
   parallel: Any = None  # llama4_jax.sharding.Parallel for a sharded run, None on one device
+  unpacked: bool = False  # every row one document from slot 0 (see Transformer.__call__)
 
   @nn.compact
   def __call__(self, x_BLD, ctx, kv_cache=None):
@@ -53,8 +54,8 @@ class DecoderLayer(nn.Module):
     use_rope = cfg.is_rope_layer(self.index)
     mask = ctx.get("chunked_mask" if use_rope else "global_mask")
     h = RMSNorm(cfg, name="attn_norm")(x_BLD)
-    attn = Attention(cfg, use_rope, self.parallel, name="attn")(h, ctx["positions"], ctx["segment_ids"],
-                                                                ctx["rotation"], mask, kv_cache, ctx.get("meta"))
+    attn = Attention(cfg, use_rope, self.parallel, self.unpacked, name="attn")(
+        h, ctx["positions"], ctx["segment_ids"], ctx["rotation"], mask, kv_cache, ctx.get("meta"))
     if kv_cache is not None:
       attn, kv_cache = attn
     x_BLD = x_BLD + attn
@@ -72,6 +73,7 @@ class DecoderLayer(nn.Module):
 class SuperBlock(nn.Module):
   cfg: ModelConfig
   parallel: Any = None
+  unpacked: bool = False
 
   @nn.compact
   def __call__(self, x_BLD, ctx, kv_cache=None):
@@ -81,7 +83,7 @@ class SuperBlock(nn.Module):
       x_BLD = self.parallel.constrain(x_BLD, ACTIVATION_SPEC)
     for j in range(self.cfg.block_size):
       layer_cache = None if kv_cache is None else kv_cache[f"layer_{j}"]
-      x_BLD, layer_stats, layer_cache = DecoderLayer(self.cfg, j, self.parallel, name=f"layer_{j}")(
+      x_BLD, layer_stats, layer_cache = DecoderLayer(self.cfg, j, self.parallel, self.unpacked, name=f"layer_{j}")(
           x_BLD, ctx, layer_cache)
       if layer_stats is not None:
         stats[f"layer_{j}"] = layer_stats
@@ -131,18 +133,22 @@ class Transformer(nn.Module):
     call returns (logits, aux, new kv_cache). `embeddings_only`: return the input embeddings (images fused).
     `logits_at_B`: compute logits only at this slot of each row ([B, 1, V]; what a prefill piece needs)."""
     cfg = self.cfg
+    # Rows given without positions and segment ids are one document each, starting at slot 0: the attention layers
+    # then know statically what they would otherwise find out per batch (chunked layers: no key before the query's
+    # own chunk is visible, so no `lax.cond` on the batch's masks).
+    unpacked = positions_BL is None and segment_ids_BL is None and kv_cache is None
     block = SuperBlock
     if cfg.remat_policy != "none" and kv_cache is None:
       block = nn.remat(block, policy=REMAT_POLICIES[cfg.remat_policy], prevent_cse=False)
     if self.unstacked:
-      blocks = functools.partial(_run_unstacked, [block(cfg, self.parallel, name=f"block_{i}")
+      blocks = functools.partial(_run_unstacked, [block(cfg, self.parallel, unpacked, name=f"block_{i}")
                                                   for i in range(cfg.num_blocks)])
     else:
       blocks = nn.scan(
           block, variable_axes={"params": 0, "intermediates": 0}, split_rngs={"params": True},
           in_axes=nn.broadcast if kv_cache is None else (nn.broadcast, 0),
           length=cfg.num_blocks, unroll=cfg.unroll, metadata_params={nn.PARTITION_NAME: "layers"})(
-              cfg, self.parallel, name="blocks")
+              cfg, self.parallel, unpacked, name="blocks")
     b, l = tokens_BL.shape
     meta = None
     if kv_cache is not None:
@@ -153,7 +159,8 @@ class Transformer(nn.Module):
     if segment_ids_BL is None:
       segment_ids_BL = jnp.ones((b, l), jnp.int32)
     if positions_BL is None:
-      positions_BL = positions_from_segments(segment_ids_BL)
+      positions_BL = (jax.lax.broadcasted_iota(jnp.int32, (b, l), 1) if unpacked
+                      else positions_from_segments(segment_ids_BL))
     embed = declare(self, "embed", (cfg.vocab_size, cfg.hidden_size), ("vocab", "embed"), cfg)
     dt = dtype_of(cfg.dtype)
     if self.parallel is not None:  # gather from the table with its FSDP dim gathered and tokens batch-split

@@ -201,14 +201,16 @@ def sees_previous_block(mask_BNQS, chunk_size: int) -> jnp.ndarray:
   return jnp.any(mask_BNQS[..., :chunk_size])
 
 
-def chunked_self_attention(q_BLHK, k_BLGK, v_BLGK, positions_BL, segment_ids_BL, chunk_size: int, scale: float):
+def chunked_self_attention(q_BLHK, k_BLGK, v_BLGK, positions_BL, segment_ids_BL, chunk_size: int, scale: float,
+                           aligned: bool = False):
   """Exact chunked-causal self-attention computed only over a band of 2 * chunk_size keys per query block.
 
   Requires what packed rows satisfy: inside a document, positions grow by one per slot. Then a query at slot i can
   only see slots i - chunk_size < j <= i, i.e. its own block of `chunk_size` slots and the previous one, so the
   cost is O(L * 2C) instead of O(L^2). The mask is the same `attention_mask` as the dense reference. When no query
   sees the previous block (`sees_previous_block`: unpacked rows, documents starting on chunk boundaries), a
-  `lax.cond` takes the block's own keys alone, [C, C] instead of [C, 2C] (5% of the tiny train step).
+  `lax.cond` takes the block's own keys alone, [C, C] instead of [C, 2C] (5% of the tiny train step). `aligned`
+  (the caller knows every row is one document from slot 0, positions equal to slots) takes them with no cond.
   """
   b, l, h, kd = q_BLHK.shape
   g, c = k_BLGK.shape[2], chunk_size
@@ -243,7 +245,8 @@ def chunked_self_attention(q_BLHK, k_BLGK, v_BLGK, positions_BL, segment_ids_BL,
     alone: the same result (each query sees itself, so no row is fully masked in either), half the work."""
     def full():
       return band(q, jnp.concatenate([k_prev, k], axis=-3), jnp.concatenate([v_prev, v], axis=-3), m, keep_probs)
-    return jax.lax.cond(sees_previous_block(m, c), full, lambda: band(q, k, v, m[..., c:], keep_probs))
+    own = lambda: band(q, k, v, m[..., c:], keep_probs)  # noqa: E731
+    return own() if aligned else jax.lax.cond(sees_previous_block(m, c), full, own)
 
   k_BNCGK, v_BNCGK = k_BLGK.reshape(b, n, c, g, kd), v_BLGK.reshape(b, n, c, g, kd)
   if n > 2 and l > 2 * QUERY_BLOCK:

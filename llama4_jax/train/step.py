@@ -43,14 +43,17 @@ class TrainState:
   nonfinite_total: jax.Array
 
 
-def synthetic_batch(vocab: int, batch: int, seq: int, seed: int = 0) -> dict:
-  """A random batch in the train-step format, one document per row (benchmarks, smoke checks)."""
+def synthetic_batch(vocab: int, batch: int, seq: int, seed: int = 0, positions: bool = True) -> dict:
+  """A random batch in the train-step format, one document per row (benchmarks, smoke checks). `positions=False`
+  leaves out the positions and segment ids, as a batch of whole unpacked rows may: the model then knows statically
+  that every row is one document from slot 0 (llama4_jax.model.transformer)."""
   rs = np.random.RandomState(seed)
   ones = np.ones((batch, seq), np.int32)
-  return {"inputs": rs.randint(0, vocab, (batch, seq)).astype(np.int32),
-          "targets": rs.randint(0, vocab, (batch, seq)).astype(np.int32),
-          "positions": np.broadcast_to(np.arange(seq, dtype=np.int32), (batch, seq)).copy(),
-          "segment_ids": ones, "loss_mask": ones.copy()}
+  out = {"inputs": rs.randint(0, vocab, (batch, seq)).astype(np.int32),
+         "targets": rs.randint(0, vocab, (batch, seq)).astype(np.int32), "loss_mask": ones}
+  if positions:
+    out.update(positions=np.broadcast_to(np.arange(seq, dtype=np.int32), (batch, seq)).copy(), segment_ids=ones.copy())
+  return out
 
 
 def init_state(params, tx) -> TrainState:
@@ -76,7 +79,7 @@ def balance_loss(moe_stats) -> jax.Array:
 
 def sums(params, batch, model_cfg: ModelConfig, z_loss: float, balance_coef: float, parallel=None):
   """Token-summed objective pieces of one (micro-)batch; the caller divides by the token count."""
-  logits, aux = apply(model_cfg, params, batch["inputs"], batch["positions"], batch["segment_ids"],
+  logits, aux = apply(model_cfg, params, batch["inputs"], batch.get("positions"), batch.get("segment_ids"),
                       parallel=parallel, pixels_BNCHW=batch.get("pixels"))
   ce_BL, logz_BL = token_losses(logits, batch["targets"])
   w_BL = batch["loss_mask"].astype(jnp.float32)

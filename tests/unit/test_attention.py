@@ -216,6 +216,40 @@ def test_chunked_attention_takes_the_own_block_shortcut_only_when_exact(layout, 
   assert bool(np.any(np.asarray(dense) & (k_block == q_block - 1))) is sees
 
 
+@pytest.mark.parametrize("l,c", [(32, 8), (29, 8), (6, 8)])
+@pytest.mark.parametrize("long_row_path", [False, True])
+def test_chunked_attention_told_the_rows_are_aligned_skips_the_cond_and_agrees(l, c, long_row_path, monkeypatch):
+  """`aligned=True` (one document per row from slot 0, as the model knows when no positions or segment ids are
+  given) takes the own block with no `lax.cond` and gives the values and gradients of the per-batch decision and of
+  the dense reference, also for rows that end inside a chunk."""
+  from llama4_jax.ops import attention as attention_ops
+  from llama4_jax.ops.attention import chunked_self_attention
+  if long_row_path:
+    monkeypatch.setattr(attention_ops, "QUERY_BLOCK", 2)
+  b, h, g, k = 2, 4, 2, 8
+  rs = np.random.RandomState(l)
+  q, kk, v = (jnp.asarray(rs.randn(b, l, n, k), jnp.float32) for n in (h, g, g))
+  pos = jnp.asarray(np.broadcast_to(np.arange(l, dtype=np.int32), (b, l)))
+  seg = jnp.ones((b, l), jnp.int32)
+  _, chunked = self_attention_masks(pos, seg, c)
+
+  def loss(attend):
+    return lambda q, kk, v: jnp.sum(attend(q, kk, v) ** 2)
+
+  static = lambda q, kk, v: chunked_self_attention(q, kk, v, pos, seg, c, 0.3, aligned=True)  # noqa: E731
+  decided = lambda q, kk, v: chunked_self_attention(q, kk, v, pos, seg, c, 0.3)  # noqa: E731
+  dense = lambda q, kk, v: dot_product_attention(q, kk, v, chunked, 0.3)  # noqa: E731
+  for other in (decided, dense):
+    np.testing.assert_allclose(np.asarray(static(q, kk, v)), np.asarray(other(q, kk, v)), rtol=1e-5, atol=1e-6)
+    for a, r in zip(jax.grad(loss(static), argnums=(0, 1, 2))(q, kk, v),
+                    jax.grad(loss(other), argnums=(0, 1, 2))(q, kk, v)):
+      np.testing.assert_allclose(np.asarray(a), np.asarray(r), rtol=1e-4, atol=1e-5)
+  conds = lambda f: str(jax.make_jaxpr(jax.grad(loss(f)))(q, kk, v)).count("cond[")  # noqa: E731
+  assert conds(static) == 0
+  if l > c:  # rows past one chunk: the per-batch path does decide
+    assert conds(decided) > 0
+
+
 @pytest.mark.parametrize("b,l,h,g,k,block", [(2, 53, 4, 2, 8, 16), (1, 40, 6, 3, 6, 8), (1, 9, 2, 1, 4, 16)])
 def test_query_blocked_global_attention_equals_dense_reference(b, l, h, g, k, block):
   from llama4_jax.ops.attention import query_blocked_attention

@@ -242,6 +242,32 @@ def test_positions_default_to_restarting_per_segment(tiny):
   assert np.abs(implied - np.asarray(forward(cfg, params, tokens, running, segments))).max() > 1e-3
 
 
+@pytest.mark.parametrize("length", [N, 5])
+def test_rows_without_positions_or_segments_take_the_static_path_exactly(tiny, length):
+  """Tokens alone (one document per row from slot 0) compile without the chunked layers' per-batch `lax.cond` and
+  give the logits and gradients of the same rows with their positions and segment ids spelled out."""
+  cfg, params = tiny
+  tokens = jnp.asarray(np.random.RandomState(length).randint(0, cfg.vocab_size, (2, length)))
+  positions = jnp.asarray(np.broadcast_to(np.arange(length, dtype=np.int32), (2, length)))
+  segments = jnp.ones((2, length), jnp.int32)
+  weights = jnp.asarray(np.random.RandomState(1).randn(2, length, cfg.vocab_size), jnp.float32)
+
+  def loss(p, *rows):
+    logits = apply(cfg, p, tokens, *rows)[0]
+    return jnp.sum(logits * weights), logits
+
+  grads = jax.jit(jax.value_and_grad(loss, has_aux=True))
+  (_, bare), g_bare = grads(params)
+  (_, spelled), g_spelled = grads(params, positions, segments)
+  np.testing.assert_allclose(np.asarray(bare), np.asarray(spelled), rtol=1e-5, atol=1e-5)
+  for a, b in zip(jax.tree_util.tree_leaves(g_bare), jax.tree_util.tree_leaves(g_spelled)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
+  conds = lambda *rows: str(jax.make_jaxpr(jax.grad(lambda p: loss(p, *rows)[0]))(params)).count("cond[")  # noqa
+  assert conds() == 0
+  if length > cfg.attention_chunk_size:
+    assert conds(positions, segments) > 0
+
+
 def test_pallas_grouped_matmul_moe_equals_sort(tiny):
   cfg, params = tiny
   docs, _, _, _ = _packed(cfg, N)

@@ -10,7 +10,8 @@ import pytest
 from configs import base
 from llama4_jax.model import init_params
 from llama4_jax.train import optimizer as opt
-from llama4_jax.train.step import LossConfig, guarded_update, init_state, loss_and_grads, sums, train_step
+from llama4_jax.train.step import (LossConfig, guarded_update, init_state, loss_and_grads, sums, synthetic_batch,
+                                   train_step)
 from tests.conftest import tiny_config
 
 
@@ -38,6 +39,21 @@ def test_gradient_accumulation_equals_large_batch():
     np.testing.assert_allclose(s["ce"], s1["ce"], rtol=1e-5)
   for g in (g2, g4):
     jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7), g, g1)
+
+
+def test_a_batch_without_positions_or_segment_ids_is_one_document_per_row():
+  """`synthetic_batch(positions=False)`: the same sums and gradients, over micro-batches, as with positions and segment
+  ids spelled out (the model-level equivalence: tests/unit/test_model.py)."""
+  cfg = tiny_config()
+  params = init_params(cfg, jax.random.key(2))
+  spelled = synthetic_batch(cfg.vocab_size, 4, 20, seed=3)
+  bare = synthetic_batch(cfg.vocab_size, 4, 20, seed=3, positions=False)
+  assert set(spelled) - set(bare) == {"positions", "segment_ids"}
+  run = jax.jit(lambda p, b: loss_and_grads(p, b, cfg, LossConfig(2, 1e-3, 0.0)))
+  (s_bare, _, g_bare), (s_spelled, _, g_spelled) = run(params, bare), run(params, spelled)
+  for k in ("ce", "z", "tokens"):
+    np.testing.assert_allclose(s_bare[k], s_spelled[k], rtol=1e-5)
+  jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7), g_bare, g_spelled)
 
 
 def test_packed_documents_do_not_affect_each_others_loss():
