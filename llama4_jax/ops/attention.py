@@ -249,14 +249,17 @@ def chunked_self_attention(q_BLHK, k_BLGK, v_BLGK, positions_BL, segment_ids_BL,
     return own() if aligned else jax.lax.cond(sees_previous_block(m, c), full, own)
 
   k_BNCGK, v_BNCGK = k_BLGK.reshape(b, n, c, g, kd), v_BLGK.reshape(b, n, c, g, kd)
+  # Aligned rows never read the previous blocks' keys: none are built (nor carried through the map below).
+  k_prev, v_prev = (None, None) if aligned else (_previous_block(k_BNCGK), _previous_block(v_BNCGK))
+  blocks = (q_BNCGRK, k_prev, k_BNCGK, v_prev, v_BNCGK, mask_BNQS)
   if n > 2 and l > 2 * QUERY_BLOCK:
     # Long rows: one chunk at a time, recomputed in the backward pass, so only one chunk's [C, 2C] logits are live
     # (all chunks at once cost O(L * 2C) floats per head, e.g. gigabytes at 32k tokens with 1k chunks).
     one = jax.checkpoint(lambda xs: band_or_own(*xs, keep_probs=True))
-    blocks = (q_BNCGRK, _previous_block(k_BNCGK), k_BNCGK, _previous_block(v_BNCGK), v_BNCGK, mask_BNQS)
-    out = jnp.moveaxis(jax.lax.map(one, tuple(jnp.moveaxis(x, 1, 0) for x in blocks)), 0, 1)
+    by_block = tuple(None if x is None else jnp.moveaxis(x, 1, 0) for x in blocks)
+    out = jnp.moveaxis(jax.lax.map(one, by_block), 0, 1)
   else:
-    out = band_or_own(q_BNCGRK, _previous_block(k_BNCGK), k_BNCGK, _previous_block(v_BNCGK), v_BNCGK, mask_BNQS)
+    out = band_or_own(*blocks)
   return out.reshape(b, n * c, h, kd)[:, :l]
 
 
