@@ -14,7 +14,12 @@ weights' bytes (growing with E: every expert's weights are read by the forward a
 weight gradient is written, 3 x the bytes), with the machine's fp32 matmul rate and its copy bandwidth measured in
 the same run, so `model_s` = FLOPs / rate + 3 x weight bytes / bandwidth is the time of an ideal dispatch and
 `model_ratio` its growth with E. At few tokens per expert the weight traffic dominates whatever the dispatch does.
-Prints one JSON line.
+
+`--layer=model` times the model's whole MoE layer instead (llama4_jax/model/moe.py as the decoder runs it: the
+router, the routed experts through `kernels.moe`, the always-on shared expert of the same width and the load
+statistics; gradients with respect to the input and every parameter), with the same router and expert weights as
+the routed-only layer. The shared expert's cost does not grow with E, so this ratio is the smaller of the two; the
+routed-only default is the measure of the dispatch itself. Prints one JSON line.
 """
 
 from __future__ import annotations
@@ -31,9 +36,13 @@ sys.path.insert(0, ROOT)
 from absl import app, flags  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
+import flax.linen as nn  # noqa: E402
 
 from benchmarks.timing import matmul_gflops  # noqa: E402
+from configs import models  # noqa: E402
+from llama4_jax.config import from_config_dict  # noqa: E402
 from llama4_jax.host_memory import applied_mode, retain_freed_host_memory  # noqa: E402
+from llama4_jax.model.moe import MoE  # noqa: E402
 from llama4_jax.ops import moe as moe_ops  # noqa: E402
 
 EXPERTS = flags.DEFINE_list("experts", "8,16,32,64,128", "expert counts")
@@ -43,6 +52,9 @@ HIDDEN = flags.DEFINE_integer("hidden", 256, "model width D")
 WIDTH = flags.DEFINE_integer("width", 512, "expert width F")
 TOP_K = flags.DEFINE_integer("top_k", 1, "experts per token")
 REPEATS = flags.DEFINE_integer("repeats", 7, "timed calls per point")
+LAYER = flags.DEFINE_enum("layer", "routed", ["routed", "model"],
+                          "routed: the routed experts alone (router + dispatch); model: the model's whole MoE layer "
+                          "(model/moe.py: router, routed experts, shared expert, load statistics)")
 
 
 COPY_BYTES = 256 << 20
@@ -62,10 +74,15 @@ def copy_gbps(repeats: int) -> float:
 
 
 def layer_costs(t: int, e: int) -> tuple[float, float]:
-  """(routed matmul FLOPs of forward + backward, expert weight bytes) of one call."""
+  """(matmul FLOPs of forward + backward, weight bytes) of one call: the routed experts', plus with `--layer=model`
+  the router's and the shared expert's."""
   d, f, k = HIDDEN.value, WIDTH.value, TOP_K.value
   per_token = 2 * (d * 2 * f + f * d)  # gate/up and down, one expert
-  return 3 * per_token * t * k, 4 * e * (d * 2 * f + f * d)
+  flop, weights = 3 * per_token * t * k, e * (d * 2 * f + f * d)
+  if LAYER.value == "model":
+    flop += 3 * (per_token + 2 * d * e) * t
+    weights += d * 2 * f + f * d + d * e
+  return flop, 4 * weights
 
 
 def build_layer(impl: str, e: int, t: int):
@@ -77,6 +94,9 @@ def build_layer(impl: str, e: int, t: int):
   gate_up = jax.random.normal(keys[2], (e, d, 2, f), jnp.float32) * d ** -0.5
   down = jax.random.normal(keys[3], (e, f, d), jnp.float32) * f ** -0.5
 
+  if LAYER.value == "model":
+    return build_model_layer(impl, x, router, gate_up, down)
+
   def loss(x, gate_up, down):
     scores, experts, _ = moe_ops.route(x, router, k)
     y, _ = moe_ops.dispatch(impl, x, scores, experts, gate_up, down)
@@ -84,6 +104,28 @@ def build_layer(impl: str, e: int, t: int):
 
   fn = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))
   args = (x, gate_up, down)
+  jax.block_until_ready(fn(*args))
+  return fn, args
+
+
+def build_model_layer(impl: str, x_TD, router, gate_up, down):
+  """The model's MoE module (one row of T tokens) with the given router and expert weights; forward + backward
+  with respect to the input and all its parameters (router and shared expert included)."""
+  e, d, _, f = gate_up.shape
+  mcfg = models.tiny()
+  mcfg.update(dict(hidden_size=d, intermediate_size=f, num_local_experts=e, num_experts_per_tok=TOP_K.value))
+  cfg = from_config_dict(mcfg, {"moe": impl})
+  module = MoE(cfg)
+  x_BLD, valid_BL = x_TD[None], jnp.ones((1, x_TD.shape[0]), bool)
+  params = nn.meta.unbox(module.init(jax.random.key(1), x_BLD, valid_BL))["params"]
+  params.update(router=router, gate_up=gate_up, down=down)
+
+  def loss(x_BLD, params):
+    y, stats = module.apply({"params": params}, x_BLD, valid_BL)
+    return jnp.sum(y * y) + sum(jnp.sum(v) for v in jax.tree_util.tree_leaves(stats))
+
+  fn = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
+  args = (x_BLD, params)
   jax.block_until_ready(fn(*args))
   return fn, args
 
@@ -124,7 +166,7 @@ def main(argv):
                    "expert_weight_mb": round(layer_costs(t, e)[1] / 1e6, 1), "model_s": round(model[e], 5),
                    "model_ratio": round(model[e] / model[experts[0]], 3), "tokens_per_expert": t * TOP_K.value // e}
           for e, s in rows.items()}
-  print(json.dumps({"benchmark": "moe_scaling", "tokens": tokens, "hidden": HIDDEN.value,
+  print(json.dumps({"benchmark": "moe_scaling", "layer": LAYER.value, "tokens": tokens, "hidden": HIDDEN.value,
                     "expert_width": WIDTH.value, "top_k": TOP_K.value, "matmul_gflops": round(gflops, 1),
                     "copy_gbps": round(gbps, 2), "by_tokens": out,
                     "host_malloc": applied_mode(), "jax": jax.__version__,
