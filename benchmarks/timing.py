@@ -1,12 +1,22 @@
-"""Timing helpers shared by the benchmark scripts: the machine's matmul rate and the timed train-step loop."""
+"""Timing helpers shared by the benchmark scripts: the machine's matmul rate, the timed train-step loop and the
+train-step benchmarks' `--positions` flag."""
 
 from __future__ import annotations
 
 import statistics
 import time
 
+from absl import flags
 import jax
 import jax.numpy as jnp
+
+
+def define_positions_flag():
+  """`--positions` of the train-step benchmarks (train_vs_hf, train_throughput); call once, at the script's top."""
+  return flags.DEFINE_bool(
+      "positions", False, "give our step the batch's positions and segment ids (the packed-row path: the chunked "
+      "layers decide per batch, by a lax.cond, whether a query sees the previous block); by default the rows are "
+      "tokens alone, one document each, as Hugging Face's side gets them")
 
 
 def matmul_gflops(shapes, repeats: int, device=None, dtype=jnp.float32) -> dict:

@@ -26,7 +26,7 @@ sys.path.insert(0, ROOT)
 
 from absl import app, flags  # noqa: E402
 
-from benchmarks.timing import matmul_gflops, timed_steps  # noqa: E402
+from benchmarks.timing import define_positions_flag, matmul_gflops, timed_steps  # noqa: E402
 import jax  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
@@ -41,10 +41,7 @@ CONFIG = config_flags.DEFINE_config_file("config", os.path.join(ROOT, "configs/b
                                          "experiment config file[:preset], as for llama4_jax.main")
 BATCH = flags.DEFINE_integer("batch", 8, "rows per step (0: config.data.batch_size)")
 SEQ = flags.DEFINE_integer("seq", 256, "tokens per row (0: config.data.seq_len)")
-POSITIONS = flags.DEFINE_bool(
-    "positions", False, "give our step the batch's positions and segment ids (the packed-row path: the chunked layers "
-    "decide per batch, by a lax.cond, whether a query sees the previous block); by default the rows are tokens alone, "
-    "one document each, as Hugging Face's side gets them")
+POSITIONS = define_positions_flag()
 STEPS = flags.DEFINE_integer("steps", 10, "timed train steps")
 WARMUP = flags.DEFINE_integer("warmup", 2, "untimed steps after the compile")
 PEAK_REPEATS = flags.DEFINE_integer("peak_repeats", 20, "timed calls per matmul shape for the peak")

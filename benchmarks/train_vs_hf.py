@@ -33,6 +33,8 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
+from benchmarks.timing import define_positions_flag  # noqa: E402
+
 import llama4_jax  # noqa: E402
 from llama4_jax.config import model_config  # noqa: E402
 from llama4_jax.host_memory import applied_mode, retain_freed_host_memory  # noqa: E402
@@ -45,10 +47,7 @@ CONFIG = config_flags.DEFINE_config_file("config", os.path.join(ROOT, "configs/b
 MODE = flags.DEFINE_enum("mode", "train", ["train", "forward"], "what is timed on both sides")
 BATCH = flags.DEFINE_integer("batch", 8, "rows per step (0: config.data.batch_size)")
 SEQ = flags.DEFINE_integer("seq", 256, "tokens per row (0: config.data.seq_len)")
-POSITIONS = flags.DEFINE_bool(
-    "positions", False, "give our step the batch's positions and segment ids (the packed-row path: the chunked layers "
-    "decide per batch, by a lax.cond, whether a query sees the previous block); by default the rows are tokens alone, "
-    "one document each, as Hugging Face's side gets them")
+POSITIONS = define_positions_flag()
 ROUNDS = flags.DEFINE_integer("rounds", 10, "alternating timed rounds (one step of each side per round)")
 WARMUP = flags.DEFINE_integer("warmup", 2, "untimed steps of each side after our compile")
 THREADS = flags.DEFINE_integer("torch_threads", 2, "torch.set_num_threads")
